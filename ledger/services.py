@@ -1,0 +1,433 @@
+"""Every change to a client's credits. Nothing else writes grants, entries or balances.
+
+Locking protocol (one order everywhere, so two writers never deadlock):
+  1. the ClientBalance rows of the (client, session type) pairs involved, in primary-key order;
+  2. then the CreditGrant rows, in primary-key order.
+The balance row is the lock that serialises changes to one balance, which is what keeps every
+entry's balance_after equal to the running sum of the entries before it.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Exists, F, OuterRef, Q
+from django.utils import timezone
+
+from catalog.models import SessionType, ValidFrom
+from catalog.validity import expiry_for
+from core.models import Client, StaffMember
+from ledger.exceptions import (
+    InvalidAdjustment,
+    InvalidReturn,
+    InvalidVoid,
+    NoCreditAvailable,
+    PurchaseNotPaid,
+)
+from ledger.models import (
+    ClientBalance,
+    CreditGrant,
+    EntryKind,
+    EntrySource,
+    GrantState,
+    LedgerEntry,
+)
+from payments.models import Purchase, PurchaseStatus
+
+ADJUSTMENT_VALIDITY_MONTHS = 12
+
+
+def _lock_balances(pairs: set[tuple[int, int]]) -> dict[tuple[int, int], ClientBalance]:
+    """Create missing balance rows, then lock all of them in primary-key order."""
+    if not pairs:
+        return {}
+    ClientBalance.objects.bulk_create(
+        [ClientBalance(client_id=c, session_type_id=s) for c, s in sorted(pairs)],
+        ignore_conflicts=True,
+    )
+    condition = Q()
+    for client_id, session_type_id in pairs:
+        condition |= Q(client_id=client_id, session_type_id=session_type_id)
+    rows = ClientBalance.objects.select_for_update().filter(condition).order_by("pk")
+    return {(row.client_id, row.session_type_id): row for row in rows}
+
+
+def _lock_balance(client_id: int, session_type_id: int) -> ClientBalance:
+    return _lock_balances({(client_id, session_type_id)})[(client_id, session_type_id)]
+
+
+def _write_entry(
+    *, balance: ClientBalance, grant: CreditGrant, kind: str, amount: int, actor, note: str,
+    source: str, key: str, reverses: LedgerEntry | None = None, at: datetime | None = None,
+) -> LedgerEntry:
+    """Move a locked balance by `amount` and record why, in the same transaction."""
+    at = at or timezone.now()
+    if amount:
+        ClientBalance.objects.filter(pk=balance.pk).update(balance=F("balance") + amount, updated_at=at)
+        balance.balance += amount
+    return LedgerEntry.objects.create(
+        client_id=balance.client_id, session_type_id=balance.session_type_id, grant=grant,
+        kind=kind, amount=amount, balance_after=balance.balance, actor=actor, note=note,
+        source=source, purchase_id=grant.purchase_id, reverses=reverses, idempotency_key=key,
+        created_at=at,
+    )
+
+
+def _set_remaining(grant: CreditGrant, delta: int, **fields) -> None:
+    CreditGrant.objects.filter(pk=grant.pk).update(remaining=F("remaining") + delta, **fields)
+    grant.remaining += delta
+    for name, value in fields.items():
+        setattr(grant, name, value)
+
+
+def _expire_now(*, balance: ClientBalance, grant: CreditGrant, key_prefix: str, at: datetime) -> None:
+    """A grant whose window already closed: its credits expire in the same transaction."""
+    amount = -grant.remaining
+    _set_remaining(grant, amount, state=GrantState.EXPIRED)
+    _write_entry(
+        balance=balance, grant=grant, kind=EntryKind.EXPIRED, amount=amount, actor=None,
+        note="Expired on issue: the validity ended before the credit was given.",
+        source=EntrySource.EXPIRY, key=f"{key_prefix}:expired", at=at,
+    )
+
+
+@dataclass(frozen=True)
+class GrantSpec:
+    session_type_id: int
+    unlimited: bool
+    quantity: int | None
+    validity_amount: int
+    validity_unit: str
+    valid_from_rule: str
+
+
+def _issue_grant(
+    *, balance: ClientBalance, client_id: int, spec: GrantSpec, purchase_id: int | None,
+    source: str, all_staff: bool, staff_ids: list[int], window_start: datetime | None,
+    expires_at: datetime | None = None, actor, note: str, key: str, kind: str = EntryKind.ISSUED,
+    now: datetime,
+) -> CreditGrant:
+    if window_start is not None and expires_at is None:
+        expires_at = expiry_for(window_start, spec.validity_amount, spec.validity_unit)
+    grant = CreditGrant.objects.create(
+        client_id=client_id, session_type_id=spec.session_type_id, purchase_id=purchase_id,
+        source=source, unlimited=spec.unlimited,
+        quantity=None if spec.unlimited else spec.quantity,
+        remaining=0 if spec.unlimited else spec.quantity,
+        valid_from=window_start, expires_at=expires_at, valid_from_rule=spec.valid_from_rule,
+        validity_amount=spec.validity_amount, validity_unit=spec.validity_unit,
+        all_staff=all_staff, created_at=now,
+    )
+    if staff_ids:
+        grant.allowed_staff.set(staff_ids)
+    _write_entry(
+        balance=balance, grant=grant, kind=kind, amount=grant.remaining, actor=actor,
+        note=note, source=source, key=key, at=now,
+    )
+    if expires_at is not None and expires_at <= now:
+        _expire_now(balance=balance, grant=grant, key_prefix=key, at=now)
+    return grant
+
+
+@transaction.atomic
+def credits_issue_for_purchase(
+    *, purchase: Purchase, actor, activated_at: datetime | None = None,
+    source: str = EntrySource.PURCHASE,
+) -> list[CreditGrant]:
+    """Issue the credits a paid purchase bought, from its snapshot. Idempotent per purchase.
+
+    Validity counted "from payment" starts at `activated_at` (delayed activation) or the payment.
+    """
+    purchase = Purchase.objects.select_for_update().get(pk=purchase.pk)
+    existing = list(CreditGrant.objects.filter(purchase=purchase, source=source).order_by("pk"))
+    if existing:
+        return existing
+    if purchase.status != PurchaseStatus.PAID:
+        raise PurchaseNotPaid(
+            f"Purchase #{purchase.pk} is {purchase.get_status_display().lower()}: "
+            "credits are issued only once it is paid."
+        )
+    snap = purchase.snapshot
+    now = timezone.now()
+    start = activated_at or purchase.paid_at
+    staff_ids = [] if snap["all_staff"] else [row["staff_member_id"] for row in snap["staff"]]
+    balances = _lock_balances({(purchase.client_id, line["session_type_id"]) for line in snap["lines"]})
+    grants = []
+    for number, line in enumerate(snap["lines"], start=1):
+        spec = GrantSpec(
+            session_type_id=line["session_type_id"], unlimited=line["unlimited"],
+            quantity=line["credits"], validity_amount=line["validity_amount"],
+            validity_unit=line["validity_unit"], valid_from_rule=snap["valid_from"],
+        )
+        grants.append(_issue_grant(
+            balance=balances[(purchase.client_id, spec.session_type_id)],
+            client_id=purchase.client_id, spec=spec, purchase_id=purchase.pk, source=source,
+            all_staff=snap["all_staff"], staff_ids=staff_ids,
+            window_start=start if spec.valid_from_rule == ValidFrom.PAYMENT else None,
+            actor=actor, note=f"{snap['name']} (purchase #{purchase.pk})",
+            key=f"{source}:{purchase.pk}:line:{number}", now=now,
+        ))
+    return grants
+
+
+def _usable_grants(client_id: int, session_type_id: int, staff_id: int | None, at: datetime, now: datetime):
+    staff_ok = Q(all_staff=True)
+    if staff_id is not None:
+        staff_ok |= Exists(
+            CreditGrant.allowed_staff.through.objects.filter(
+                creditgrant_id=OuterRef("pk"), staffmember_id=staff_id
+            )
+        )
+    return (
+        CreditGrant.objects.select_for_update(of=("self",))
+        .filter(client_id=client_id, session_type_id=session_type_id, state=GrantState.ACTIVE)
+        .filter(Q(unlimited=True) | Q(remaining__gt=0))
+        .filter(staff_ok)
+        .filter(Q(valid_from__isnull=True) | Q(valid_from__lte=at))
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=at) & Q(expires_at__gt=now))
+        .order_by(F("expires_at").asc(nulls_last=True), "pk")
+    )
+
+
+def _explain_no_credit(client_id: int, session_type: SessionType, at: datetime) -> str:
+    grants = CreditGrant.objects.filter(client_id=client_id, session_type=session_type)
+    if not grants.exists():
+        return f"No credit: the client holds no {session_type} credits."
+    if not grants.filter(state=GrantState.ACTIVE).filter(Q(unlimited=True) | Q(remaining__gt=0)).exists():
+        return f"No credit: all of the client's {session_type} credits are used, expired or voided."
+    return (
+        f"No credit: none of the client's {session_type} credits can be used with this staff "
+        f"member on {timezone.localtime(at):%d %b %Y %H:%M} (outside their validity or staff)."
+    )
+
+
+@transaction.atomic
+def credit_redeem(
+    *, client: Client, session_type: SessionType, at: datetime, actor,
+    staff_member: StaffMember | None = None, note: str = "", idempotency_key: str | None = None,
+    source: str = EntrySource.BOOKING,
+) -> LedgerEntry:
+    """Use one credit for a session of `session_type` starting `at`.
+
+    Picks the usable grant that expires soonest; a grant whose window has not started yet
+    (validity from first booking / first session) opens its window now.
+    """
+    if idempotency_key:
+        done = LedgerEntry.objects.filter(idempotency_key=idempotency_key).first()
+        if done is not None:
+            return done
+    now = timezone.now()
+    balance = _lock_balance(client.pk, session_type.pk)
+    staff_id = staff_member.pk if staff_member else None
+    for grant in _usable_grants(client.pk, session_type.pk, staff_id, at, now):
+        window = {}
+        if grant.valid_from is None:
+            start = now if grant.valid_from_rule == ValidFrom.BOOKING else at
+            start = min(start, at)  # a window opened by booking must contain the session
+            window = {
+                "valid_from": start,
+                "expires_at": expiry_for(start, grant.validity_amount, grant.validity_unit),
+            }
+            if not at < window["expires_at"]:
+                continue
+        amount = 0 if grant.unlimited else -1
+        _set_remaining(grant, amount, **window)
+        return _write_entry(
+            balance=balance, grant=grant, kind=EntryKind.USED, amount=amount, actor=actor,
+            note=note, source=source, key=idempotency_key or f"use:{uuid.uuid4()}", at=now,
+        )
+    raise NoCreditAvailable(_explain_no_credit(client.pk, session_type, at))
+
+
+@transaction.atomic
+def credit_return(*, used_entry: LedgerEntry, actor, note: str, source: str = EntrySource.BOOKING) -> LedgerEntry:
+    """Give back the credit a Used entry took, to the grant it came from. Once per use."""
+    if used_entry.kind != EntryKind.USED:
+        raise InvalidReturn("Only a used credit can be returned.")
+    key = f"return:{used_entry.pk}"
+    done = LedgerEntry.objects.filter(idempotency_key=key).first()
+    if done is not None:
+        return done
+    now = timezone.now()
+    balance = _lock_balance(used_entry.client_id, used_entry.session_type_id)
+    grant = CreditGrant.objects.select_for_update().get(pk=used_entry.grant_id)
+    amount = -used_entry.amount
+    _set_remaining(grant, amount)
+    entry = _write_entry(
+        balance=balance, grant=grant, kind=EntryKind.RETURNED, amount=amount, actor=actor,
+        note=note, source=source, key=key, reverses=used_entry, at=now,
+    )
+    # The credit comes back to a grant that has since closed: it closes again at once, visibly.
+    if grant.state == GrantState.VOIDED and amount:
+        _set_remaining(grant, -amount)
+        _write_entry(
+            balance=balance, grant=grant, kind=EntryKind.VOIDED, amount=-amount, actor=actor,
+            note="Returned to a voided grant", source=source, key=f"{key}:voided", at=now,
+        )
+    elif grant.state == GrantState.EXPIRED or (grant.expires_at and grant.expires_at <= now):
+        if grant.remaining or grant.state != GrantState.EXPIRED:
+            _expire_now(balance=balance, grant=grant, key_prefix=key, at=now)
+    return entry
+
+
+@transaction.atomic
+def grant_void(
+    *, grant: CreditGrant, actor, note: str, quantity: int | None = None,
+    source: str = EntrySource.REFUND, idempotency_key: str | None = None,
+) -> LedgerEntry:
+    """Void unused credits of a grant (all, or `quantity` of them), e.g. on a refund."""
+    if not note.strip():
+        raise InvalidVoid("Give a reason for voiding credits.")
+    key = idempotency_key or f"void:{uuid.uuid4()}"
+    done = LedgerEntry.objects.filter(idempotency_key=key).first()
+    if done is not None:
+        return done
+    now = timezone.now()
+    balance = _lock_balance(grant.client_id, grant.session_type_id)
+    grant = CreditGrant.objects.select_for_update().get(pk=grant.pk)
+    if grant.state != GrantState.ACTIVE:
+        raise InvalidVoid(f"This grant is already {grant.get_state_display().lower()}.")
+    if quantity is None:
+        quantity = grant.remaining
+    if quantity < 0 or quantity > grant.remaining:
+        raise InvalidVoid(f"Cannot void {quantity} credits: {grant.remaining} remain on this grant.")
+    if grant.unlimited:
+        quantity = 0
+    fields = {"state": GrantState.VOIDED} if quantity == grant.remaining else {}
+    _set_remaining(grant, -quantity, **fields)
+    return _write_entry(
+        balance=balance, grant=grant, kind=EntryKind.VOIDED, amount=-quantity, actor=actor,
+        note=note, source=source, key=key, at=now,
+    )
+
+
+@transaction.atomic
+def credits_adjust(
+    *, client: Client, session_type: SessionType, amount: int, reason: str, actor,
+    expires_at: datetime | None = None, idempotency_key: str | None = None,
+) -> list[LedgerEntry]:
+    """Add (a new grant) or remove (soonest-expiring first) credits, with a mandatory reason."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidAdjustment("Give a reason for the adjustment: it is kept in the ledger.")
+    if not isinstance(amount, int) or amount == 0:
+        raise InvalidAdjustment("The adjustment must be a whole number of credits other than 0.")
+    if abs(amount) > 1000:
+        raise InvalidAdjustment("Adjust at most 1000 credits at a time.")
+    key = idempotency_key or f"adjust:{uuid.uuid4()}"
+    done = list(
+        LedgerEntry.objects.filter(
+            Q(idempotency_key=key) | Q(idempotency_key__startswith=f"{key}:")
+        ).order_by("pk")
+    )
+    if done:
+        return done
+    now = timezone.now()
+    balance = _lock_balance(client.pk, session_type.pk)
+    if amount > 0:
+        if expires_at is not None and expires_at <= now:
+            raise InvalidAdjustment("The expiry of added credits must be in the future.")
+        spec = GrantSpec(
+            session_type_id=session_type.pk, unlimited=False, quantity=amount,
+            validity_amount=ADJUSTMENT_VALIDITY_MONTHS, validity_unit="months",
+            valid_from_rule=ValidFrom.PAYMENT,
+        )
+        grant = _issue_grant(
+            balance=balance, client_id=client.pk, spec=spec, purchase_id=None,
+            source=EntrySource.ADJUSTMENT, all_staff=True, staff_ids=[], window_start=now,
+            expires_at=expires_at, actor=actor, note=reason, key=key, kind=EntryKind.ADJUSTED,
+            now=now,
+        )
+        return list(grant.entries.order_by("pk"))
+    to_remove = -amount
+    grants = list(
+        CreditGrant.objects.select_for_update()
+        .filter(client=client, session_type=session_type, state=GrantState.ACTIVE, remaining__gt=0)
+        .order_by(F("expires_at").asc(nulls_last=True), "pk")
+    )
+    available = sum(g.remaining for g in grants)
+    if available < to_remove:
+        raise InvalidAdjustment(
+            f"Cannot remove {to_remove} {session_type} credits: the client has {available}."
+        )
+    entries = []
+    for number, grant in enumerate(grants, start=1):
+        if not to_remove:
+            break
+        take = min(grant.remaining, to_remove)
+        to_remove -= take
+        _set_remaining(grant, -take)
+        entries.append(_write_entry(
+            balance=balance, grant=grant, kind=EntryKind.ADJUSTED, amount=-take, actor=actor,
+            note=reason, source=EntrySource.ADJUSTMENT, key=f"{key}:{number}", at=now,
+        ))
+    return entries
+
+
+_EXPIRE_ENTRIES_SQL = """
+INSERT INTO ledger_ledgerentry
+    (client_id, session_type_id, grant_id, kind, amount, balance_after, actor_id, note,
+     source, purchase_id, reverses_id, idempotency_key, created_at)
+SELECT g.client_id, g.session_type_id, g.id, 'expired', -g.remaining,
+       b.balance - SUM(g.remaining) OVER (
+           PARTITION BY g.client_id, g.session_type_id ORDER BY g.id
+           ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
+       NULL, 'Expired unused', 'expiry', g.purchase_id, NULL, 'expire:' || g.id, %s
+FROM ledger_creditgrant g
+JOIN ledger_clientbalance b
+  ON b.client_id = g.client_id AND b.session_type_id = g.session_type_id
+WHERE g.id IN ({ids})
+ORDER BY g.client_id, g.session_type_id, g.id
+"""
+_EXPIRE_BALANCES_SQL = """
+UPDATE ledger_clientbalance SET balance = ledger_clientbalance.balance - s.total, updated_at = %s
+FROM (SELECT client_id, session_type_id, SUM(remaining) AS total
+      FROM ledger_creditgrant WHERE id IN ({ids}) GROUP BY client_id, session_type_id) s
+WHERE ledger_clientbalance.client_id = s.client_id
+  AND ledger_clientbalance.session_type_id = s.session_type_id AND s.total <> 0
+"""
+
+
+def _expire_batch(now: datetime, batch_size: int) -> tuple[int, int]:
+    """Expire one batch in one transaction; returns (candidates seen, grants expired)."""
+    with transaction.atomic():
+        due = CreditGrant.objects.filter(state=GrantState.ACTIVE, expires_at__lte=now)
+        candidates = list(due.order_by("pk").values_list("pk", flat=True)[:batch_size])
+        if not candidates:
+            return 0, 0
+        # Same lock order as every other writer: balances first, then grants.
+        pairs = CreditGrant.objects.filter(pk__in=candidates).values("client_id", "session_type_id")
+        list(
+            ClientBalance.objects.select_for_update()
+            .filter(Exists(pairs.filter(client_id=OuterRef("client_id"), session_type_id=OuterRef("session_type_id"))))
+            .order_by("pk").values_list("pk", flat=True)
+        )
+        ids = list(
+            due.filter(pk__in=candidates).select_for_update().order_by("pk").values_list("pk", flat=True)
+        )
+        if ids:
+            placeholders = ", ".join(["%s"] * len(ids))
+            with connection.cursor() as cursor:
+                cursor.execute(_EXPIRE_ENTRIES_SQL.format(ids=placeholders), [now, *ids])
+                cursor.execute(_EXPIRE_BALANCES_SQL.format(ids=placeholders), [now, *ids])
+            CreditGrant.objects.filter(pk__in=ids).update(state=GrantState.EXPIRED, remaining=0)
+        return len(candidates), len(ids)
+
+
+def credits_expire_due(*, now: datetime | None = None, batch_size: int | None = None) -> int:
+    """Expire every grant whose window has closed: one Expired entry per grant, set-based.
+
+    Works in batches, each its own short transaction, so bookings never wait long on its locks.
+    Safe to run twice or concurrently: a grant expires once (state check under lock, unique key).
+    """
+    now = now or timezone.now()
+    batch_size = batch_size or settings.LEDGER_EXPIRY_BATCH_SIZE
+    total = 0
+    while True:
+        seen, expired = _expire_batch(now, batch_size)
+        total += expired
+        if seen < batch_size:
+            return total

@@ -1,0 +1,109 @@
+"""Shared fixtures. The suite runs on real PostgreSQL and Redis (see scripts/with_services.py)."""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from catalog.models import Category, SessionType
+from catalog.services import pack_create
+from catalog.validation import LineData, StaffPriceData
+from core.models import Client, StaffMember
+from payments.services import purchase_create, purchase_mark_paid
+
+
+def pytest_configure(config):
+    # The suite proves behaviour on PostgreSQL and Redis; SQLite would hide locking bugs.
+    if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
+        raise pytest.UsageError(
+            "Tests need PostgreSQL: set DATABASE_URL, or run `make test`, which starts throwaway servers."
+        )
+    if not os.environ.get("REDIS_URL"):
+        raise pytest.UsageError(
+            "Tests need Redis: set REDIS_URL, or run `make test`, which starts throwaway servers."
+        )
+
+
+@pytest.fixture
+def staff_user(db):
+    return get_user_model().objects.create_user("desk", "desk@example.com", "pw-desk-123", is_staff=True)
+
+
+@pytest.fixture
+def admin_user(db):
+    return get_user_model().objects.create_superuser("boss", "boss@example.com", "pw-boss-123")
+
+
+@pytest.fixture
+def category(db):
+    return Category.objects.create(name="Private sessions")
+
+
+@pytest.fixture
+def massage(db, category):
+    return SessionType.objects.create(name="Massage 60", category=category, duration_minutes=60)
+
+
+@pytest.fixture
+def physio(db, category):
+    return SessionType.objects.create(name="Physio", category=category, duration_minutes=45)
+
+
+@pytest.fixture
+def coach(db, massage, physio):
+    user = get_user_model().objects.create_user("coach", "coach@example.com", "pw-coach-123")
+    member = StaffMember.objects.create(user=user, display_name="Coach Carter")
+    member.session_types.set([massage, physio])
+    return member
+
+
+@pytest.fixture
+def client_a(db):
+    return Client.objects.create(name="Ada Lovelace", email="ada@example.com")
+
+
+@pytest.fixture
+def client_b(db):
+    return Client.objects.create(name="Grace Hopper", email="grace@example.com")
+
+
+@pytest.fixture
+def make_pack(db, category, staff_user):
+    counter = {"n": 0}
+
+    def make(lines, *, staff_prices=(), **fields):
+        counter["n"] += 1
+        defaults = dict(
+            name=f"Pack {counter['n']}", category=category, price=Decimal("300.00"),
+            currency="GBP", published=True, sell_online=True, validity_amount=3,
+            validity_unit="months", valid_from="payment",
+        )
+        defaults.update(fields)
+        return pack_create(
+            actor=staff_user,
+            lines=[l if isinstance(l, LineData) else LineData(*l) for l in lines],
+            staff_prices=[s if isinstance(s, StaffPriceData) else StaffPriceData(*s) for s in staff_prices],
+            **defaults,
+        )
+
+    return make
+
+
+@pytest.fixture
+def sell(db, staff_user):
+    """Sell and pay a pack for a client; returns the paid purchase."""
+
+    def do(client, pack, *, staff_member=None, paid_at=None):
+        purchase = purchase_create(client=client, pack=pack, staff_member=staff_member, actor=staff_user)
+        return purchase_mark_paid(purchase=purchase, actor=staff_user, paid_at=paid_at)
+
+    return do
+
+
+@pytest.fixture
+def soon():
+    return timezone.now() + timedelta(days=1)
