@@ -4,6 +4,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -147,6 +148,20 @@ class CreditPack(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def validate_constraints(self, exclude=None):
+        # Django reports an expression constraint (the case-insensitive name) as a form-wide
+        # error; the person fixes it in the name field, so that is where it belongs.
+        try:
+            super().validate_constraints(exclude=exclude)
+        except ValidationError as exc:
+            errors = exc.update_error_dict({})
+            taken = next(c for c in self._meta.constraints if c.name == "pack_name_unique_ci")
+            general = errors.pop(NON_FIELD_ERRORS, [])
+            for error in general:
+                field = "name" if error.message == taken.violation_error_message else NON_FIELD_ERRORS
+                errors.setdefault(field, []).append(error)
+            raise ValidationError(errors) from exc
+
 
 class PackCreditLine(models.Model):
     pack = models.ForeignKey(CreditPack, on_delete=models.CASCADE, related_name="credit_lines")
@@ -173,19 +188,28 @@ class PackCreditLine(models.Model):
                 fields=["pack", "session_type"], name="pack_line_session_type_once",
                 violation_error_message="Each session type may appear once in a pack.",
             ),
+            # A CHECK passes when it evaluates to NULL, so "not null" is spelled out: without it
+            # a line with no credits and no unlimited tick, or with a unit but no amount, got in.
             models.CheckConstraint(
                 condition=(
                     Q(unlimited=True, credits__isnull=True)
-                    | Q(unlimited=False, credits__gte=1, credits__lte=MAX_CREDITS_PER_LINE)
+                    | Q(
+                        unlimited=False, credits__isnull=False,
+                        credits__gte=1, credits__lte=MAX_CREDITS_PER_LINE,
+                    )
                 ),
                 name="pack_line_credits_range_or_unlimited",
+                violation_error_message=(
+                    f"Credits must be 1–{MAX_CREDITS_PER_LINE}, or empty when the line is unlimited."
+                ),
             ),
             models.CheckConstraint(
                 condition=(
                     Q(validity_amount__isnull=True, validity_unit="")
-                    | Q(validity_amount__gte=1) & ~Q(validity_unit="")
+                    | Q(validity_amount__isnull=False, validity_amount__gte=1) & ~Q(validity_unit="")
                 ),
                 name="pack_line_validity_complete",
+                violation_error_message="Give both the validity amount (1 or more) and unit, or neither.",
             ),
         ]
 

@@ -31,7 +31,10 @@ def _apply_fields(pack: CreditPack, fields: dict) -> None:
 
 
 def _pack_data(pack: CreditPack) -> dict:
-    return {name: getattr(pack, name) for name in PACK_FIELDS}
+    data = {name: getattr(pack, name) for name in PACK_FIELDS if name != "category"}
+    # Reading a missing foreign key raises; validation must see None and name the field instead.
+    data["category"] = pack.category if pack.category_id is not None else None
+    return data
 
 
 def _save_pack(pack: CreditPack, lines: list[LineData], staff_prices: list[StaffPriceData], actor) -> None:

@@ -83,14 +83,15 @@ def _set_remaining(grant: CreditGrant, delta: int, **fields) -> None:
         setattr(grant, name, value)
 
 
-def _expire_now(*, balance: ClientBalance, grant: CreditGrant, key_prefix: str, at: datetime) -> None:
+def _expire_now(
+    *, balance: ClientBalance, grant: CreditGrant, key_prefix: str, at: datetime, note: str,
+) -> None:
     """A grant whose window already closed: its credits expire in the same transaction."""
     amount = -grant.remaining
     _set_remaining(grant, amount, state=GrantState.EXPIRED)
     _write_entry(
         balance=balance, grant=grant, kind=EntryKind.EXPIRED, amount=amount, actor=None,
-        note="Expired on issue: the validity ended before the credit was given.",
-        source=EntrySource.EXPIRY, key=f"{key_prefix}:expired", at=at,
+        note=note, source=EntrySource.EXPIRY, key=f"{key_prefix}:expired", at=at,
     )
 
 
@@ -128,7 +129,10 @@ def _issue_grant(
         note=note, source=source, key=key, at=now,
     )
     if expires_at is not None and expires_at <= now:
-        _expire_now(balance=balance, grant=grant, key_prefix=key, at=now)
+        _expire_now(
+            balance=balance, grant=grant, key_prefix=key, at=now,
+            note="Expired on issue: the validity ended before the credit was given.",
+        )
     return grant
 
 
@@ -221,6 +225,11 @@ def credit_redeem(
             return done
     now = timezone.now()
     balance = _lock_balance(client.pk, session_type.pk)
+    if idempotency_key:
+        # The same request may have committed while this one waited for the lock.
+        done = LedgerEntry.objects.filter(idempotency_key=idempotency_key).first()
+        if done is not None:
+            return done
     staff_id = staff_member.pk if staff_member else None
     for grant in _usable_grants(client.pk, session_type.pk, staff_id, at, now):
         window = {}
@@ -253,6 +262,10 @@ def credit_return(*, used_entry: LedgerEntry, actor, note: str, source: str = En
         return done
     now = timezone.now()
     balance = _lock_balance(used_entry.client_id, used_entry.session_type_id)
+    # A concurrent return of the same use (a double click) may have committed while we waited.
+    done = LedgerEntry.objects.filter(idempotency_key=key).first()
+    if done is not None:
+        return done
     grant = CreditGrant.objects.select_for_update().get(pk=used_entry.grant_id)
     amount = -used_entry.amount
     _set_remaining(grant, amount)
@@ -261,15 +274,20 @@ def credit_return(*, used_entry: LedgerEntry, actor, note: str, source: str = En
         note=note, source=source, key=key, reverses=used_entry, at=now,
     )
     # The credit comes back to a grant that has since closed: it closes again at once, visibly.
-    if grant.state == GrantState.VOIDED and amount:
-        _set_remaining(grant, -amount)
-        _write_entry(
-            balance=balance, grant=grant, kind=EntryKind.VOIDED, amount=-amount, actor=actor,
-            note="Returned to a voided grant", source=source, key=f"{key}:voided", at=now,
-        )
+    # A voided grant stays voided (an unlimited one moves nothing, so needs no entry at all).
+    if grant.state == GrantState.VOIDED:
+        if amount:
+            _set_remaining(grant, -amount)
+            _write_entry(
+                balance=balance, grant=grant, kind=EntryKind.VOIDED, amount=-amount, actor=actor,
+                note="Returned to a voided grant", source=source, key=f"{key}:voided", at=now,
+            )
     elif grant.state == GrantState.EXPIRED or (grant.expires_at and grant.expires_at <= now):
         if grant.remaining or grant.state != GrantState.EXPIRED:
-            _expire_now(balance=balance, grant=grant, key_prefix=key, at=now)
+            _expire_now(
+                balance=balance, grant=grant, key_prefix=key, at=now,
+                note="Returned after the credit's validity ended, so it expires again at once.",
+            )
     return entry
 
 
@@ -287,6 +305,10 @@ def grant_void(
         return done
     now = timezone.now()
     balance = _lock_balance(grant.client_id, grant.session_type_id)
+    # The same request may have committed while this one waited for the lock.
+    done = LedgerEntry.objects.filter(idempotency_key=key).first()
+    if done is not None:
+        return done
     grant = CreditGrant.objects.select_for_update().get(pk=grant.pk)
     if grant.state != GrantState.ACTIVE:
         raise InvalidVoid(f"This grant is already {grant.get_state_display().lower()}.")
@@ -318,15 +340,16 @@ def credits_adjust(
     if abs(amount) > 1000:
         raise InvalidAdjustment("Adjust at most 1000 credits at a time.")
     key = idempotency_key or f"adjust:{uuid.uuid4()}"
-    done = list(
-        LedgerEntry.objects.filter(
-            Q(idempotency_key=key) | Q(idempotency_key__startswith=f"{key}:")
-        ).order_by("pk")
-    )
-    if done:
-        return done
+    done = LedgerEntry.objects.filter(
+        Q(idempotency_key=key) | Q(idempotency_key__startswith=f"{key}:")
+    ).order_by("pk")
+    if done.exists():
+        return list(done)
     now = timezone.now()
     balance = _lock_balance(client.pk, session_type.pk)
+    # The same request may have committed while this one waited for the lock.
+    if done.exists():
+        return list(done)
     if amount > 0:
         if expires_at is not None and expires_at <= now:
             raise InvalidAdjustment("The expiry of added credits must be in the future.")

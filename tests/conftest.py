@@ -28,6 +28,12 @@ def pytest_configure(config):
         )
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    # The default hasher is deliberately slow; tests create many users and prove nothing with it.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def staff_user(db):
     return get_user_model().objects.create_user("desk", "desk@example.com", "pw-desk-123", is_staff=True)
