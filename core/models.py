@@ -57,3 +57,173 @@ class StaffMember(models.Model):
 
     def __str__(self) -> str:
         return self.display_name
+
+
+class BusinessSettings(models.Model):
+    """The one row of settings of the business this installation serves."""
+
+    name = models.CharField(max_length=200, default="My studio")
+    prepaid_only = models.BooleanField(
+        default=False,
+        help_text="Refuse to book a client before their pack is paid (no selling on the spot).",
+    )
+
+    history = HistoricalRecords()
+
+    class Meta:
+        verbose_name = verbose_name_plural = "business settings"
+        constraints = [models.CheckConstraint(condition=models.Q(pk=1), name="business_settings_single_row")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def current(cls) -> "BusinessSettings":
+        return cls.objects.get_or_create(pk=1)[0]
+
+
+class Weekday(models.IntegerChoices):
+    MONDAY = 0, "Monday"
+    TUESDAY = 1, "Tuesday"
+    WEDNESDAY = 2, "Wednesday"
+    THURSDAY = 3, "Thursday"
+    FRIDAY = 4, "Friday"
+    SATURDAY = 5, "Saturday"
+    SUNDAY = 6, "Sunday"
+
+
+class WorkingHours(models.Model):
+    """A weekly slot in which a staff member works, in the business's local time."""
+
+    staff_member = models.ForeignKey(StaffMember, on_delete=models.CASCADE, related_name="working_hours")
+    weekday = models.PositiveSmallIntegerField(choices=Weekday.choices)
+    starts = models.TimeField()
+    ends = models.TimeField()
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["staff_member", "weekday", "starts"]
+        verbose_name_plural = "working hours"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(ends__gt=models.F("starts")), name="working_hours_end_after_start",
+                violation_error_message="Working hours must end after they start.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_weekday_display()} {self.starts:%H:%M}–{self.ends:%H:%M}"
+
+
+class TimeOff(models.Model):
+    staff_member = models.ForeignKey(StaffMember, on_delete=models.CASCADE, related_name="time_off")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    reason = models.CharField(max_length=200, blank=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["-starts_at"]
+        verbose_name_plural = "time off"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(ends_at__gt=models.F("starts_at")), name="time_off_end_after_start",
+                violation_error_message="Time off must end after it starts.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.staff_member} off {self.starts_at:%d %b %H:%M}–{self.ends_at:%d %b %H:%M}"
+
+
+class Session(models.Model):
+    """A scheduled activity: a private appointment (capacity 1) or a class."""
+
+    session_type = models.ForeignKey("catalog.SessionType", on_delete=models.PROTECT, related_name="sessions")
+    staff_member = models.ForeignKey(StaffMember, on_delete=models.PROTECT, related_name="sessions")
+    starts_at = models.DateTimeField(db_index=True)
+    duration_minutes = models.PositiveIntegerField()
+    # Stored, not computed, so overlap checks and the PostgreSQL exclusion constraint use an index.
+    ends_at = models.DateTimeField()
+    capacity = models.PositiveIntegerField(default=1)
+    outside_hours_reason = models.CharField(
+        max_length=200, blank=True,
+        help_text="Why this session is outside the staff member's working hours (required then).",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["starts_at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(capacity__gte=1), name="session_capacity_min"),
+            models.CheckConstraint(
+                condition=models.Q(ends_at__gt=models.F("starts_at")), name="session_end_after_start"
+            ),
+        ]
+        indexes = [models.Index(fields=["staff_member", "starts_at"], name="session_staff_start")]
+
+    def __str__(self) -> str:
+        from django.utils import timezone
+
+        return f"{self.session_type} with {self.staff_member}, {timezone.localtime(self.starts_at):%a %d %b %H:%M}"
+
+
+class BookingStatus(models.TextChoices):
+    BOOKED = "booked", "Booked"
+    ATTENDED = "attended", "Attended"
+    CANCELLED = "cancelled", "Cancelled"
+    LATE_CANCELLED = "late_cancelled", "Late-cancelled"
+    NO_SHOW = "no_show", "No-show"
+
+
+# Bookings that hold a place in the session.
+PLACE_HOLDING = (BookingStatus.BOOKED, BookingStatus.ATTENDED, BookingStatus.NO_SHOW)
+
+
+class Booking(models.Model):
+    client = models.ForeignKey(Client, on_delete=models.PROTECT, related_name="bookings")
+    session = models.ForeignKey(Session, on_delete=models.PROTECT, related_name="bookings")
+    status = models.CharField(max_length=20, choices=BookingStatus.choices, default=BookingStatus.BOOKED)
+    # The Used entry that paid for this visit (empty when the session type needs no credit).
+    used_entry = models.OneToOneField(
+        "ledger.LedgerEntry", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    # A pack sold on the spot to pay for this booking, still to be paid.
+    purchase = models.ForeignKey(
+        "payments.Purchase", on_delete=models.PROTECT, null=True, blank=True, related_name="bookings"
+    )
+    booked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField(null=True, blank=True, help_text="When it was cancelled or marked.")
+    closed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    outcome_note = models.CharField(max_length=300, blank=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["-session__starts_at", "-id"]
+        permissions = [
+            ("override_credit_rules", "Can choose whether a cancelled or missed booking's credit is returned"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["session", "client"], condition=models.Q(status__in=PLACE_HOLDING),
+                name="booking_client_once_per_session",
+                violation_error_message="This client is already booked on this session.",
+            ),
+        ]
+        indexes = [models.Index(fields=["client", "status"], name="booking_client_status")]
+
+    def __str__(self) -> str:
+        return f"{self.client.name} — {self.session}"

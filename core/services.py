@@ -37,3 +37,13 @@ def client_update(*, client: Client, actor, **fields) -> Client:
     client._history_user = actor
     client.save()
     return client
+
+
+# The diary and bookings live in their own modules; their writes are services all the same.
+from core.bookings import (  # noqa: E402,F401
+    booking_cancel,
+    booking_create,
+    booking_mark_attended,
+    booking_mark_no_show,
+)
+from core.sessions import session_create  # noqa: E402,F401

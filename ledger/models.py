@@ -16,6 +16,8 @@ class EntryKind(models.TextChoices):
     VOIDED = "voided", "Voided"
     EXPIRED = "expired", "Expired"
     ADJUSTED = "adjusted", "Adjusted"
+    # A late cancel or no-show keeps the used credit: recorded, moving nothing.
+    FORFEITED = "forfeited", "Forfeited"
 
 
 class EntrySource(models.TextChoices):
@@ -45,6 +47,9 @@ class CreditGrant(models.Model):
         "payments.Purchase", on_delete=models.PROTECT, null=True, blank=True, related_name="grants"
     )
     source = models.CharField(max_length=20, choices=EntrySource.choices)
+    # One credit issued before payment to hold a booking sold on the spot; the rest of the
+    # purchase's credits follow when it is paid.
+    reservation = models.BooleanField(default=False)
     unlimited = models.BooleanField(default=False)
     # Credits issued; null for an unlimited grant (a membership window).
     quantity = models.PositiveIntegerField(null=True, blank=True)
@@ -122,6 +127,9 @@ class LedgerEntry(models.Model):
     purchase = models.ForeignKey(
         "payments.Purchase", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
+    booking = models.ForeignKey(
+        "core.Booking", on_delete=models.PROTECT, null=True, blank=True, related_name="ledger_entries"
+    )
     # The entry this one reverses (a return points at its use).
     reverses = models.ForeignKey(
         "self", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
@@ -144,6 +152,7 @@ class LedgerEntry(models.Model):
                     | Q(kind="voided", amount__lte=0)
                     | Q(kind="expired", amount__lte=0)
                     | Q(kind="adjusted")
+                    | Q(kind="forfeited", amount=0)
                 ),
                 name="entry_amount_sign_matches_kind",
             ),

@@ -62,6 +62,7 @@ def _lock_balance(client_id: int, session_type_id: int) -> ClientBalance:
 def _write_entry(
     *, balance: ClientBalance, grant: CreditGrant, kind: str, amount: int, actor, note: str,
     source: str, key: str, reverses: LedgerEntry | None = None, at: datetime | None = None,
+    booking_id: int | None = None,
 ) -> LedgerEntry:
     """Move a locked balance by `amount` and record why, in the same transaction."""
     at = at or timezone.now()
@@ -72,7 +73,7 @@ def _write_entry(
         client_id=balance.client_id, session_type_id=balance.session_type_id, grant=grant,
         kind=kind, amount=amount, balance_after=balance.balance, actor=actor, note=note,
         source=source, purchase_id=grant.purchase_id, reverses=reverses, idempotency_key=key,
-        created_at=at,
+        created_at=at, booking_id=booking_id,
     )
 
 
@@ -109,7 +110,7 @@ def _issue_grant(
     *, balance: ClientBalance, client_id: int, spec: GrantSpec, purchase_id: int | None,
     source: str, all_staff: bool, staff_ids: list[int], window_start: datetime | None,
     expires_at: datetime | None = None, actor, note: str, key: str, kind: str = EntryKind.ISSUED,
-    now: datetime,
+    now: datetime, reservation: bool = False,
 ) -> CreditGrant:
     if window_start is not None and expires_at is None:
         expires_at = expiry_for(window_start, spec.validity_amount, spec.validity_unit)
@@ -120,7 +121,7 @@ def _issue_grant(
         remaining=0 if spec.unlimited else spec.quantity,
         valid_from=window_start, expires_at=expires_at, valid_from_rule=spec.valid_from_rule,
         validity_amount=spec.validity_amount, validity_unit=spec.validity_unit,
-        all_staff=all_staff, created_at=now,
+        all_staff=all_staff, created_at=now, reservation=reservation,
     )
     if staff_ids:
         grant.allowed_staff.set(staff_ids)
@@ -136,6 +137,16 @@ def _issue_grant(
     return grant
 
 
+def _line_spec(snap: dict, line: dict, quantity: int | None = None, unlimited: bool | None = None) -> GrantSpec:
+    return GrantSpec(
+        session_type_id=line["session_type_id"],
+        unlimited=line["unlimited"] if unlimited is None else unlimited,
+        quantity=line["credits"] if quantity is None else quantity,
+        validity_amount=line["validity_amount"], validity_unit=line["validity_unit"],
+        valid_from_rule=snap["valid_from"],
+    )
+
+
 @transaction.atomic
 def credits_issue_for_purchase(
     *, purchase: Purchase, actor, activated_at: datetime | None = None,
@@ -144,9 +155,11 @@ def credits_issue_for_purchase(
     """Issue the credits a paid purchase bought, from its snapshot. Idempotent per purchase.
 
     Validity counted "from payment" starts at `activated_at` (delayed activation) or the payment.
+    A credit already reserved for a booking sold on the spot counts towards its line.
     """
     purchase = Purchase.objects.select_for_update().get(pk=purchase.pk)
-    existing = list(CreditGrant.objects.filter(purchase=purchase, source=source).order_by("pk"))
+    grants = CreditGrant.objects.filter(purchase=purchase, source=source)
+    existing = list(grants.filter(reservation=False).order_by("pk"))
     if existing:
         return existing
     if purchase.status != PurchaseStatus.PAID:
@@ -154,19 +167,21 @@ def credits_issue_for_purchase(
             f"Purchase #{purchase.pk} is {purchase.get_status_display().lower()}: "
             "credits are issued only once it is paid."
         )
+    reserved = {g.session_type_id: g for g in grants.filter(reservation=True)}
     snap = purchase.snapshot
     now = timezone.now()
     start = activated_at or purchase.paid_at
     staff_ids = [] if snap["all_staff"] else [row["staff_member_id"] for row in snap["staff"]]
     balances = _lock_balances({(purchase.client_id, line["session_type_id"]) for line in snap["lines"]})
-    grants = []
+    issued = []
     for number, line in enumerate(snap["lines"], start=1):
-        spec = GrantSpec(
-            session_type_id=line["session_type_id"], unlimited=line["unlimited"],
-            quantity=line["credits"], validity_amount=line["validity_amount"],
-            validity_unit=line["validity_unit"], valid_from_rule=snap["valid_from"],
-        )
-        grants.append(_issue_grant(
+        quantity = line["credits"]
+        if line["session_type_id"] in reserved and not line["unlimited"]:
+            quantity -= 1
+            if quantity == 0:
+                continue
+        spec = _line_spec(snap, line, quantity=quantity)
+        issued.append(_issue_grant(
             balance=balances[(purchase.client_id, spec.session_type_id)],
             client_id=purchase.client_id, spec=spec, purchase_id=purchase.pk, source=source,
             all_staff=snap["all_staff"], staff_ids=staff_ids,
@@ -174,7 +189,41 @@ def credits_issue_for_purchase(
             actor=actor, note=f"{snap['name']} (purchase #{purchase.pk})",
             key=f"{source}:{purchase.pk}:line:{number}", now=now,
         ))
-    return grants
+    return issued
+
+
+@transaction.atomic
+def credits_reserve_for_purchase(*, purchase: Purchase, session_type: SessionType, actor) -> CreditGrant:
+    """Issue one credit of an unpaid purchase to hold a booking made before payment.
+
+    The purchase's other credits are released when it is paid (credits_issue_for_purchase).
+    """
+    purchase = Purchase.objects.select_for_update().get(pk=purchase.pk)
+    if purchase.status not in (PurchaseStatus.PENDING, PurchaseStatus.PAID):
+        raise PurchaseNotPaid(f"Purchase #{purchase.pk} is {purchase.get_status_display().lower()}.")
+    existing = CreditGrant.objects.filter(
+        purchase=purchase, session_type=session_type, reservation=True
+    ).first()
+    if existing is not None:
+        return existing
+    snap = purchase.snapshot
+    number, line = next(
+        ((n, l) for n, l in enumerate(snap["lines"], start=1) if l["session_type_id"] == session_type.pk),
+        (None, None),
+    )
+    if line is None:
+        raise NoCreditAvailable(f"{snap['name']} has no {session_type} credits.")
+    spec = _line_spec(snap, line, quantity=1, unlimited=False)
+    now = timezone.now()
+    return _issue_grant(
+        balance=_lock_balance(purchase.client_id, session_type.pk), client_id=purchase.client_id,
+        spec=spec, purchase_id=purchase.pk, source=EntrySource.PURCHASE,
+        all_staff=snap["all_staff"],
+        staff_ids=[] if snap["all_staff"] else [row["staff_member_id"] for row in snap["staff"]],
+        window_start=now if spec.valid_from_rule == ValidFrom.PAYMENT else None,
+        actor=actor, note=f"{snap['name']}: 1 credit held for a booking until purchase #{purchase.pk} is paid",
+        key=f"purchase:{purchase.pk}:line:{number}:reserve", now=now, reservation=True,
+    )
 
 
 def _usable_grants(client_id: int, session_type_id: int, staff_id: int | None, at: datetime, now: datetime):
@@ -212,7 +261,7 @@ def _explain_no_credit(client_id: int, session_type: SessionType, at: datetime) 
 def credit_redeem(
     *, client: Client, session_type: SessionType, at: datetime, actor,
     staff_member: StaffMember | None = None, note: str = "", idempotency_key: str | None = None,
-    source: str = EntrySource.BOOKING,
+    source: str = EntrySource.BOOKING, booking_id: int | None = None,
 ) -> LedgerEntry:
     """Use one credit for a session of `session_type` starting `at`.
 
@@ -247,6 +296,7 @@ def credit_redeem(
         return _write_entry(
             balance=balance, grant=grant, kind=EntryKind.USED, amount=amount, actor=actor,
             note=note, source=source, key=idempotency_key or f"use:{uuid.uuid4()}", at=now,
+            booking_id=booking_id,
         )
     raise NoCreditAvailable(_explain_no_credit(client.pk, session_type, at))
 
@@ -272,6 +322,7 @@ def credit_return(*, used_entry: LedgerEntry, actor, note: str, source: str = En
     entry = _write_entry(
         balance=balance, grant=grant, kind=EntryKind.RETURNED, amount=amount, actor=actor,
         note=note, source=source, key=key, reverses=used_entry, at=now,
+        booking_id=used_entry.booking_id,
     )
     # The credit comes back to a grant that has since closed: it closes again at once, visibly.
     # A voided grant stays voided (an unlimited one moves nothing, so needs no entry at all).
@@ -289,6 +340,28 @@ def credit_return(*, used_entry: LedgerEntry, actor, note: str, source: str = En
                 note="Returned after the credit's validity ended, so it expires again at once.",
             )
     return entry
+
+
+@transaction.atomic
+def credit_forfeit(*, used_entry: LedgerEntry, actor, note: str) -> LedgerEntry:
+    """Record that a used credit stays used (late cancel, no-show). Moves nothing; once per use."""
+    if used_entry.kind != EntryKind.USED:
+        raise InvalidReturn("Only a used credit can be forfeited.")
+    key = f"forfeit:{used_entry.pk}"
+    done = LedgerEntry.objects.filter(idempotency_key=key).first()
+    if done is not None:
+        return done
+    balance = _lock_balance(used_entry.client_id, used_entry.session_type_id)
+    done = LedgerEntry.objects.filter(idempotency_key=key).first()
+    if done is not None:
+        return done
+    if LedgerEntry.objects.filter(idempotency_key=f"return:{used_entry.pk}").exists():
+        raise InvalidReturn("This credit was already returned, so it cannot be forfeited.")
+    return _write_entry(
+        balance=balance, grant=used_entry.grant, kind=EntryKind.FORFEITED, amount=0, actor=actor,
+        note=note, source=EntrySource.BOOKING, key=key, reverses=used_entry,
+        booking_id=used_entry.booking_id,
+    )
 
 
 @transaction.atomic

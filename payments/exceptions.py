@@ -8,3 +8,7 @@ class PackNotForSale(PaymentError):
 
 class InvalidPurchaseState(PaymentError):
     pass
+
+
+class InvalidPayment(PaymentError):
+    pass

@@ -18,6 +18,18 @@ class PurchaseStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+class PurchaseChannel(models.TextChoices):
+    DESK = "desk", "At the desk"
+    ONLINE = "online", "Online"
+
+
+class PaymentMethod(models.TextChoices):
+    CASH = "cash", "Cash"
+    CARD_TERMINAL = "card_terminal", "Card terminal"
+    BANK_TRANSFER = "bank_transfer", "Bank transfer"
+    STRIPE = "stripe", "Stripe"
+
+
 class Purchase(models.Model):
     client = models.ForeignKey("core.Client", on_delete=models.PROTECT, related_name="purchases")
     pack = models.ForeignKey("catalog.CreditPack", on_delete=models.PROTECT, related_name="purchases")
@@ -28,6 +40,7 @@ class Purchase(models.Model):
     status = models.CharField(
         max_length=10, choices=PurchaseStatus.choices, default=PurchaseStatus.PENDING
     )
+    channel = models.CharField(max_length=10, choices=PurchaseChannel.choices, default=PurchaseChannel.DESK)
     price = models.DecimalField(
         max_digits=10, decimal_places=2, validators=[MinValueValidator(Decimal("0"))]
     )
@@ -44,6 +57,7 @@ class Purchase(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "created_at"], name="purchase_status_created")]
         constraints = [
             models.CheckConstraint(condition=Q(price__gte=0), name="purchase_price_not_negative"),
             models.CheckConstraint(
@@ -54,3 +68,39 @@ class Purchase(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.snapshot.get('name', '')} for client {self.client_id}"
+
+
+class Payment(models.Model):
+    """Money received for a purchase: at the desk (cash, card terminal, transfer) or via Stripe."""
+
+    purchase = models.ForeignKey(Purchase, on_delete=models.PROTECT, related_name="payments")
+    method = models.CharField(max_length=20, choices=PaymentMethod.choices)
+    amount = models.DecimalField(max_digits=10, decimal_places=2, validators=[MinValueValidator(Decimal("0"))])
+    currency = models.CharField(max_length=3)
+    reference = models.CharField(max_length=200, blank=True, help_text="Receipt, terminal or transfer reference.")
+    received_at = models.DateTimeField(default=timezone.now)
+    recorded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gte=0), name="payment_amount_not_negative"),
+            # A purchase is paid once; a second payment would be money to refund, not more credits.
+            models.UniqueConstraint(fields=["purchase"], name="payment_once_per_purchase"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_method_display()} {self.amount} {self.currency} for purchase #{self.purchase_id}"
+
+
+class OutstandingPurchase(Purchase):
+    """Desk purchases still to be paid: finance's list to chase (payments.selectors)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "outstanding payment"
+        verbose_name_plural = "outstanding payments"

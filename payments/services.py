@@ -6,17 +6,34 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
-from catalog.models import CreditPack
+from decimal import Decimal
+
+from catalog.models import CreditPack, RestrictTo
 from catalog.services import pack_price_for, pack_snapshot
 from core.models import Client, StaffMember
 from ledger.services import credits_issue_for_purchase
-from payments.exceptions import InvalidPurchaseState, PackNotForSale
-from payments.models import Purchase, PurchaseStatus
+from payments.exceptions import InvalidPayment, InvalidPurchaseState, PackNotForSale
+from payments.models import Payment, PaymentMethod, Purchase, PurchaseChannel, PurchaseStatus
+
+
+def client_has_booked(client: Client) -> bool:
+    """A client with any booking that was not cancelled in time counts as an existing member."""
+    from core.models import Booking, BookingStatus
+
+    return Booking.objects.filter(client=client).exclude(status=BookingStatus.CANCELLED).exists()
+
+
+def check_restriction(pack: CreditPack, client: Client) -> None:
+    if pack.restrict_to == RestrictTo.NEW_JOINERS and client_has_booked(client):
+        raise PackNotForSale(f"{pack.name} is for new joiners only, and {client.name} has booked before.")
+    if pack.restrict_to == RestrictTo.ACTIVE_MEMBERS and not client_has_booked(client):
+        raise PackNotForSale(f"{pack.name} is for existing members only, and {client.name} has not booked yet.")
 
 
 @transaction.atomic
 def purchase_create(
     *, client: Client, pack: CreditPack, actor, staff_member: StaffMember | None = None,
+    channel: str = PurchaseChannel.DESK,
 ) -> Purchase:
     """A pending purchase, priced and snapshotted from the database (never from the browser)."""
     pack = CreditPack.objects.select_related("category").get(pk=pack.pk)
@@ -27,10 +44,11 @@ def purchase_create(
     if staff_member is not None and not pack.all_staff:
         if not pack.staff_prices.filter(staff_member=staff_member).exists():
             raise PackNotForSale(f"{pack.name} is not sold with {staff_member}.")
+    check_restriction(pack, client)
     purchase = Purchase(
         client=client, pack=pack, staff_member=staff_member,
         price=pack_price_for(pack, staff_member), currency=pack.currency,
-        snapshot=pack_snapshot(pack), created_by=actor,
+        snapshot=pack_snapshot(pack), created_by=actor, channel=channel,
     )
     purchase._history_user = actor
     purchase.save()
@@ -56,3 +74,37 @@ def purchase_mark_paid(
     purchase.save(update_fields=["status", "paid_at"])
     credits_issue_for_purchase(purchase=purchase, actor=actor)
     return purchase
+
+
+DESK_METHODS = (PaymentMethod.CASH, PaymentMethod.CARD_TERMINAL, PaymentMethod.BANK_TRANSFER)
+
+
+@transaction.atomic
+def payment_record(
+    *, purchase: Purchase, method: str, amount: Decimal, actor, reference: str = "",
+    received_at: datetime | None = None,
+) -> Payment:
+    """Record money taken at the desk for a purchase, mark it paid and release its credits."""
+    purchase = Purchase.objects.select_for_update().get(pk=purchase.pk)
+    if method not in DESK_METHODS:
+        raise InvalidPayment("Record cash, card-terminal or bank-transfer payments here.")
+    if purchase.status != PurchaseStatus.PENDING:
+        raise InvalidPurchaseState(
+            f"Purchase #{purchase.pk} is {purchase.get_status_display().lower()}: nothing to record."
+        )
+    if not isinstance(amount, Decimal) or amount != purchase.price:
+        raise InvalidPayment(
+            f"The amount must be the purchase's price, {purchase.price} {purchase.currency} "
+            f"(got {amount})."
+        )
+    received_at = received_at or timezone.now()
+    if received_at > timezone.now():
+        raise InvalidPayment("A payment cannot be received in the future.")
+    payment = Payment(
+        purchase=purchase, method=method, amount=amount, currency=purchase.currency,
+        reference=reference.strip(), received_at=received_at, recorded_by=actor,
+    )
+    payment._history_user = actor
+    payment.save()
+    purchase_mark_paid(purchase=purchase, actor=actor, paid_at=received_at)
+    return payment
