@@ -110,6 +110,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 LOGIN_URL = "admin:login"
+# Staff work only in the admin; a login without "next" lands there, not on /accounts/profile/.
+LOGIN_REDIRECT_URL = "admin:index"
 
 # One business, one currency by default (ISO 4217).
 DEFAULT_CURRENCY = os.environ.get("DEFAULT_CURRENCY", "GBP").upper()

@@ -113,3 +113,7 @@ def sell(db, staff_user):
 @pytest.fixture
 def soon():
     return timezone.now() + timedelta(days=1)
+
+
+# Browser fixtures (browser, desktop_page, phone_page) for the real-browser tests.
+from tests.browser import browser, desktop_page, phone_page  # noqa: E402,F401
