@@ -28,7 +28,11 @@ class Client(models.Model):
                 violation_error_message="A client with this email already exists.",
             ),
         ]
-        indexes = [models.Index(Lower("name"), name="client_name_lower_idx")]
+        indexes = [
+            models.Index(Lower("name"), name="client_name_lower_idx"),
+            # The client list's default order: without it every page sorts all clients.
+            models.Index(fields=["name", "id"], name="client_name_id_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} <{self.email}>"

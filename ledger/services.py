@@ -41,18 +41,25 @@ ADJUSTMENT_VALIDITY_MONTHS = 12
 
 
 def _lock_balances(pairs: set[tuple[int, int]]) -> dict[tuple[int, int], ClientBalance]:
-    """Create missing balance rows, then lock all of them in primary-key order."""
+    """Lock the balance rows of these (client, session type) pairs in primary-key order,
+    creating any that do not exist yet."""
     if not pairs:
         return {}
-    ClientBalance.objects.bulk_create(
-        [ClientBalance(client_id=c, session_type_id=s) for c, s in sorted(pairs)],
-        ignore_conflicts=True,
-    )
     condition = Q()
     for client_id, session_type_id in pairs:
         condition |= Q(client_id=client_id, session_type_id=session_type_id)
-    rows = ClientBalance.objects.select_for_update().filter(condition).order_by("pk")
-    return {(row.client_id, row.session_type_id): row for row in rows}
+    locked = ClientBalance.objects.select_for_update().filter(condition).order_by("pk")
+    rows = {(row.client_id, row.session_type_id): row for row in locked}
+    if len(rows) < len(pairs):
+        # First credit of a session type for this client: insert (a concurrent first insert is
+        # fine), then lock the whole set again in key order. Only here, so the common path does
+        # not spend an INSERT and a sequence value on every redemption.
+        ClientBalance.objects.bulk_create(
+            [ClientBalance(client_id=c, session_type_id=s) for c, s in sorted(pairs - rows.keys())],
+            ignore_conflicts=True,
+        )
+        rows = {(row.client_id, row.session_type_id): row for row in locked.all()}
+    return rows
 
 
 def _lock_balance(client_id: int, session_type_id: int) -> ClientBalance:
@@ -193,10 +200,14 @@ def credits_issue_for_purchase(
 
 
 @transaction.atomic
-def credits_reserve_for_purchase(*, purchase: Purchase, session_type: SessionType, actor) -> CreditGrant:
+def credits_reserve_for_purchase(
+    *, purchase: Purchase, session_type: SessionType, actor, at: datetime | None = None,
+) -> CreditGrant:
     """Issue one credit of an unpaid purchase to hold a booking made before payment.
 
     The purchase's other credits are released when it is paid (credits_issue_for_purchase).
+    `at` is the booked session's start: a walk-in sold a pack after their session began still
+    gets a credit valid for it.
     """
     purchase = Purchase.objects.select_for_update().get(pk=purchase.pk)
     if purchase.status not in (PurchaseStatus.PENDING, PurchaseStatus.PAID):
@@ -220,7 +231,7 @@ def credits_reserve_for_purchase(*, purchase: Purchase, session_type: SessionTyp
         spec=spec, purchase_id=purchase.pk, source=EntrySource.PURCHASE,
         all_staff=snap["all_staff"],
         staff_ids=[] if snap["all_staff"] else [row["staff_member_id"] for row in snap["staff"]],
-        window_start=now if spec.valid_from_rule == ValidFrom.PAYMENT else None,
+        window_start=min(now, at or now) if spec.valid_from_rule == ValidFrom.PAYMENT else None,
         actor=actor, note=f"{snap['name']}: 1 credit held for a booking until purchase #{purchase.pk} is paid",
         key=f"purchase:{purchase.pk}:line:{number}:reserve", now=now, reservation=True,
     )
@@ -487,13 +498,16 @@ WHERE ledger_clientbalance.client_id = s.client_id
 """
 
 
-def _expire_batch(now: datetime, batch_size: int) -> tuple[int, int]:
-    """Expire one batch in one transaction; returns (candidates seen, grants expired)."""
+def _expire_batch(now: datetime, batch_size: int, after_id: int) -> tuple[list[int], int]:
+    """Expire one batch in one transaction; returns (candidate ids, grants expired)."""
     with transaction.atomic():
         due = CreditGrant.objects.filter(state=GrantState.ACTIVE, expires_at__lte=now)
-        candidates = list(due.order_by("pk").values_list("pk", flat=True)[:batch_size])
+        # Walk forward by id: without the cursor each batch would re-scan the rows just expired.
+        candidates = list(
+            due.filter(pk__gt=after_id).order_by("pk").values_list("pk", flat=True)[:batch_size]
+        )
         if not candidates:
-            return 0, 0
+            return [], 0
         # Same lock order as every other writer: balances first, then grants.
         pairs = CreditGrant.objects.filter(pk__in=candidates).values("client_id", "session_type_id")
         list(
@@ -510,7 +524,7 @@ def _expire_batch(now: datetime, batch_size: int) -> tuple[int, int]:
                 cursor.execute(_EXPIRE_ENTRIES_SQL.format(ids=placeholders), [now, *ids])
                 cursor.execute(_EXPIRE_BALANCES_SQL.format(ids=placeholders), [now, *ids])
             CreditGrant.objects.filter(pk__in=ids).update(state=GrantState.EXPIRED, remaining=0)
-        return len(candidates), len(ids)
+        return candidates, len(ids)
 
 
 def credits_expire_due(*, now: datetime | None = None, batch_size: int | None = None) -> int:
@@ -521,9 +535,10 @@ def credits_expire_due(*, now: datetime | None = None, batch_size: int | None = 
     """
     now = now or timezone.now()
     batch_size = batch_size or settings.LEDGER_EXPIRY_BATCH_SIZE
-    total = 0
+    total, after_id = 0, 0
     while True:
-        seen, expired = _expire_batch(now, batch_size)
+        candidates, expired = _expire_batch(now, batch_size, after_id)
         total += expired
-        if seen < batch_size:
+        if len(candidates) < batch_size:
             return total
+        after_id = candidates[-1]

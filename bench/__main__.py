@@ -1,0 +1,117 @@
+"""python -m bench [--quick] [--only redeem,changelist,expiry] [sizes...]
+
+Needs DATABASE_URL naming a PostgreSQL database the bench may empty (TRUNCATE) at will.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from bench.common import (
+    bench_user,
+    emit,
+    guard_database,
+    is_postgres_url,
+    log,
+    reset_database,
+    setup_django,
+)
+
+MEASUREMENTS = ("redeem", "changelist", "expiry")
+# (default, --quick) per size option
+SIZES = {
+    "clients": (10_000, 500),
+    "workers": (4, 4),
+    "redemptions": (8_000, 400),
+    "warmup": (50, 10),
+    "changelist_clients": (50_000, 2_000),
+    "requests": (20, 5),
+    "expiry_grants": (100_000, 4_000),
+}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes: a smoke run of every step")
+    parser.add_argument("--only", default=",".join(MEASUREMENTS),
+                        help=f"comma-separated subset of {', '.join(MEASUREMENTS)}")
+    parser.add_argument("--seed", type=int, default=20240521, help="random seed for client picks")
+    parser.add_argument(
+        "--allow-wipe", action="store_true",
+        help="truncate the app tables even if they hold data the bench did not make",
+    )
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the last measurement's data in place (to inspect it)")
+    helps = {
+        "clients": "clients with a paid pack, for redeem (default 10000)",
+        "workers": "concurrent worker processes, for redeem (default 4)",
+        "redemptions": "measured redemptions over all workers, per phase (default 8000)",
+        "warmup": "unmeasured redemptions per worker before the start (default 50)",
+        "changelist_clients": "clients with balances, for the changelist (default 50000)",
+        "requests": "timed requests per changelist page (default 20)",
+        "expiry_grants": "due grants for the expiry sweep (default 100000)",
+    }
+    for name, text in helps.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=text)
+    args = parser.parse_args(argv)
+    for name, (default, quick) in SIZES.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else default)
+    args.only = [m.strip() for m in args.only.split(",") if m.strip()]
+    unknown = set(args.only) - set(MEASUREMENTS)
+    if unknown:
+        parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
+    if args.workers < 1 or args.redemptions < args.workers:
+        parser.error("need at least one worker and one redemption per worker")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not is_postgres_url(os.environ.get("DATABASE_URL", "")):
+        print("bench: refusing to run: DATABASE_URL must be a postgres:// URL (the bench "
+              "measures PostgreSQL locking and truncates the app tables).", file=sys.stderr)
+        return 2
+    setup_django()
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)
+    guard_database(allow_wipe=args.allow_wipe)
+    started = time.monotonic()
+    load = os.getloadavg()[0]
+    log(f"{os.cpu_count()} cores, load average {load:.2f}"
+        + (": other work is running, expect noisy figures" if load > 0.5 else ""))
+
+    if "redeem" in args.only:
+        from bench import redeem
+
+        reset_database()
+        for result in redeem.run(
+            clients=args.clients, workers=args.workers, redemptions=args.redemptions,
+            warmup=args.warmup, actor=bench_user(), seed=args.seed,
+        ):
+            emit(result)
+    if "changelist" in args.only:
+        from bench import changelist
+
+        reset_database()
+        for result in changelist.run(clients=args.changelist_clients, requests=args.requests,
+                                     actor=bench_user()):
+            emit(result)
+    if "expiry" in args.only:
+        from bench import expiry
+
+        for result in expiry.run(grants=args.expiry_grants, actor=bench_user()):
+            emit(result)
+    if not args.keep:
+        reset_database()
+    log(f"done in {time.monotonic() - started:.0f}s, load average {os.getloadavg()[0]:.2f}"
+        + ("" if args.keep else "; app tables emptied"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
