@@ -158,6 +158,8 @@ UNFOLD = {
     "SITE_SYMBOL": "confirmation_number",
     "SHOW_HISTORY": True,
     "SHOW_VIEW_ON_SITE": False,
+    # The admin home is the dashboard (templates/admin/index.html); figures in core.dashboard.
+    "DASHBOARD_CALLBACK": "core.dashboard.dashboard_callback",
 }
 
 LOGGING = {

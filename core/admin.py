@@ -1,81 +1,51 @@
-"""Admin for people (clients, staff members, users) and the admin base classes every app uses."""
+"""Admin for people (clients, staff members, users) and the business settings.
+
+Sessions and bookings have their own modules (core.admin_sessions, core.admin_bookings),
+registered from the bottom of this one, which is the module Django's autodiscovery imports.
+"""
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib import admin, messages
-from django.contrib.admin import ModelAdmin as DjangoModelAdmin
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.models import Group, User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import Http404
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.html import format_html
 from django_dramatiq.admin import TaskAdmin as BaseTaskAdmin
 from django_dramatiq.models import Task
 from import_export import resources
-from import_export.admin import ExportMixin, ImportExportModelAdmin
-from simple_history.admin import SimpleHistoryAdmin
-from unfold.admin import ModelAdmin
-from unfold.contrib.import_export.forms import ExportForm, ImportForm
+from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import action, display
 from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
 
+# The base classes live in core.admin_base; other apps import them from here.
+from core.admin_base import (  # noqa: F401
+    ExportAdmin,
+    HistoryAdmin,
+    HistoryExportAdmin,
+    HistoryImportExportAdmin,
+    ReadOnlyAdminMixin,
+    error_text,
+    local_start,
+)
+from core.admin_display import booking_rows, bookings_for_client
 from core.forms import AdjustCreditsForm, LedgerFilterForm
-from core.models import Client, StaffMember
+from core.models import PLACE_HOLDING, BusinessSettings, Client, Session, StaffMember, TimeOff, WorkingHours
+from core.roles import adjust_refusal
 from ledger.exceptions import LedgerError
 from ledger.selectors import balances_for_client, ledger_for_client, with_credit_totals
 from ledger.services import credits_adjust
 
 LEDGER_PAGE_SIZE = 25
-
-
-# --- Base classes -------------------------------------------------------------------------
-# unfold's ModelAdmin must precede the import-export admin in the bases, and SimpleHistoryAdmin
-# precede both (unfold's documented order), or the pages lose unfold's templates.
-
-
-class _ExportModelAdmin(ExportMixin, DjangoModelAdmin):
-    """import-export has no export-only ModelAdmin; this puts ExportMixin ahead of Django's."""
-
-
-class HistoryAdmin(SimpleHistoryAdmin, ModelAdmin):
-    pass
-
-
-class HistoryImportExportAdmin(SimpleHistoryAdmin, ModelAdmin, ImportExportModelAdmin):
-    import_form_class = ImportForm
-    export_form_class = ExportForm
-
-
-class HistoryExportAdmin(SimpleHistoryAdmin, ModelAdmin, _ExportModelAdmin):
-    export_form_class = ExportForm
-
-
-class ExportAdmin(ModelAdmin, _ExportModelAdmin):
-    export_form_class = ExportForm
-
-
-class ReadOnlyAdminMixin:
-    """Rows written only by services (the ledger): staff may look, never add, edit or delete."""
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
-def error_text(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return " ".join(exc.messages)
-    return str(exc)
 
 
 # --- Users --------------------------------------------------------------------------------
@@ -184,12 +154,36 @@ class ClientAdmin(HistoryImportExportAdmin):
         filter_form = LedgerFilterForm(request.GET or None)
         entries = ledger_for_client(client_id, **filter_form.filters())
         page = Paginator(entries, LEDGER_PAGE_SIZE).get_page(request.GET.get("ledger_page"))
-        return {
+        context = {
             "balances": balances_for_client(client_id),
             "ledger_filter_form": filter_form,
             "ledger_page": page,
             "ledger_page_range": page.paginator.get_elided_page_range(page.number),
             "can_adjust_credits": self.has_adjust_credits_permission(request),
+        }
+        user = request.user
+        if user.has_perm("core.view_booking") or user.has_perm("core.change_booking"):
+            context.update(self._bookings_context(request, client_id))
+        return context
+
+    def _bookings_context(self, request, client_id: int) -> dict:
+        """Upcoming and past bookings with the credit that paid for each: two queries."""
+        here = reverse("admin:core_client_change", args=[client_id])
+        bookings = bookings_for_client(client_id)
+        may_change = request.user.has_perm("core.change_booking")
+        query = urlencode({"client": client_id, "next": here})
+        return {
+            "show_bookings": True,
+            "upcoming_rows": booking_rows(bookings["upcoming"], may_change=may_change),
+            "past_rows": booking_rows(bookings["past"], may_change=may_change),
+            "more_past": bookings["more_past"],
+            "all_bookings_url": f"{reverse('admin:core_booking_changelist')}?client__id__exact={client_id}&when=all",
+            "book_url": f"{reverse('admin:core_booking_add')}?{query}" if request.user.has_perm("core.add_booking") else "",
+            "sell_url": (
+                f"{reverse('admin:payments_purchase_add')}?{urlencode({'client': client_id})}"
+                if request.user.has_perm("payments.add_purchase") else ""
+            ),
+            "here": here,
         }
 
     def has_adjust_credits_permission(self, request, obj=None) -> bool:
@@ -213,6 +207,8 @@ class ClientAdmin(HistoryImportExportAdmin):
                 session_type = form.cleaned_data["session_type"]
                 amount = form.cleaned_data["amount"]
                 try:
+                    if refusal := adjust_refusal(request.user, amount):  # front desk's limit
+                        raise ValidationError(refusal)
                     credits_adjust(
                         client=client, session_type=session_type, amount=amount,
                         reason=form.cleaned_data["reason"], expires_at=form.expires_at,
@@ -242,8 +238,25 @@ class ClientAdmin(HistoryImportExportAdmin):
 # --- Staff --------------------------------------------------------------------------------
 
 
+class WorkingHoursInline(TabularInline):
+    model = WorkingHours
+    fields = ("weekday", "starts", "ends")
+    extra = 0
+    verbose_name = "weekly working hours"
+    verbose_name_plural = "working hours (weekly, local time)"
+
+
+class TimeOffInline(TabularInline):
+    model = TimeOff
+    fields = ("starts_at", "ends_at", "reason")
+    extra = 0
+    per_page = 10  # holidays pile up over the years; the latest first
+    ordering = ("-starts_at",)
+
+
 @admin.register(StaffMember)
 class StaffMemberAdmin(HistoryAdmin):
+    inlines = [WorkingHoursInline, TimeOffInline]
     list_display = ("display_name", "user", "session_type_count", "active")
     list_filter = ("active", "session_types")
     list_select_related = ("user",)
@@ -258,3 +271,54 @@ class StaffMemberAdmin(HistoryAdmin):
     @display(description="Session types", ordering="session_type_total")
     def session_type_count(self, obj: StaffMember) -> int:
         return obj.session_type_total
+
+    def save_formset(self, request, form, formset, change):
+        super().save_formset(request, form, formset, change)
+        if formset.model is TimeOff:
+            for time_off in formset.new_objects + [obj for obj, _ in formset.changed_objects]:
+                self._warn_booked_sessions(request, time_off)
+
+    def _warn_booked_sessions(self, request, time_off: TimeOff) -> None:
+        """Time off does not move sessions already booked in it: say so, so the desk calls clients."""
+        clashes = Session.objects.filter(
+            staff_member_id=time_off.staff_member_id, starts_at__lt=time_off.ends_at, ends_at__gt=time_off.starts_at,
+        ).annotate(booked=Count("bookings", filter=Q(bookings__status__in=PLACE_HOLDING))).filter(booked__gt=0)
+        count = clashes.count()
+        if count:
+            url = f"{reverse('admin:core_session_changelist')}?" + urlencode(
+                {"staff_member__id__exact": time_off.staff_member_id, "when": "all"}
+            )
+            messages.warning(request, format_html(
+                "{} session(s) with bookings fall in this time off ({} to {}): the clients are still "
+                "booked. <a class=\"underline\" href=\"{}\">See the sessions</a>",
+                count, local_start(time_off.starts_at), local_start(time_off.ends_at), url,
+            ))
+
+
+# --- Business settings --------------------------------------------------------------------
+
+
+@admin.register(BusinessSettings)
+class BusinessSettingsAdmin(HistoryAdmin):
+    """The one row of settings: edited, never added twice or deleted."""
+
+    list_display = ("name", "prepaid_only")
+    fields = ("name", "prepaid_only")
+    show_full_result_count = False
+
+    # Never added by hand: the row is made on first use (below). Not "add while none exists"
+    # either: the app list asks every admin page for it, and that would cost a query each time.
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def changelist_view(self, request, extra_context=None):
+        # The row is created on first use, so the list always has the one row to open.
+        BusinessSettings.current()
+        return super().changelist_view(request, extra_context)
+
+
+# Registered here because Django's autodiscovery imports only core.admin.
+from core import admin_bookings, admin_sessions  # noqa: E402,F401

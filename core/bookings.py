@@ -68,9 +68,12 @@ def booking_create(
                 "Sell the pack and record the payment first."
             )
         booking.purchase = purchase_create(
-            client=client, pack=sell_pack, staff_member=session.staff_member, actor=actor
+            client=client, pack=sell_pack, staff_member=session.staff_member, actor=actor,
+            for_booking_id=booking.pk,
         )
-        credits_reserve_for_purchase(purchase=booking.purchase, session_type=session.session_type, actor=actor)
+        credits_reserve_for_purchase(
+            purchase=booking.purchase, session_type=session.session_type, actor=actor, at=session.starts_at
+        )
         booking.used_entry = _redeem_for(booking, session, actor)
     booking.save(update_fields=["used_entry", "purchase"])
     return booking

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -46,6 +47,9 @@ def session_create(
 ) -> Session:
     if timezone.is_naive(starts_at):
         raise ValidationError({"starts_at": ["The start needs a time zone."]})
+    # Python adds a timedelta to a zoneinfo datetime on the wall clock: across the autumn clock
+    # change 01:30 BST + 60 minutes would give 02:30 GMT, two real hours. UTC has no such jumps.
+    starts_at = starts_at.astimezone(dt_timezone.utc)
     if session_type.archived:
         raise ValidationError({"session_type": [f"{session_type} is archived."]})
     if capacity < 1:

@@ -1,4 +1,8 @@
-"""Admin for purchases: sell a pack, record an in-person payment, read the snapshot."""
+"""Admin for money: sell a pack, record an in-person payment, the payments and outstanding lists.
+
+Every payment path goes through payments.services.payment_record, so each paid purchase has its
+Payment row (method, amount, reference, who took it).
+"""
 from __future__ import annotations
 
 import json
@@ -11,15 +15,20 @@ from django.http import Http404
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from import_export import fields, resources
+from unfold.admin import ModelAdmin
 from unfold.decorators import action, display
 
-from core.admin import HistoryExportAdmin, error_text
+from core.admin import HistoryAdmin, HistoryExportAdmin, ReadOnlyAdminMixin, error_text, local_start
+from core.admin_base import next_url
 from ledger.exceptions import LedgerError
 from payments.exceptions import PaymentError
-from payments.models import Purchase, PurchaseStatus
-from payments.services import purchase_create, purchase_mark_paid
+from payments.forms import RecordPaymentForm, SellPackForm
+from payments.models import OutstandingPurchase, Payment, Purchase, PurchaseStatus
+from payments.selectors import outstanding_purchases
+from payments.services import payment_record, purchase_create
 
 SELL_FIELDS = ("client", "pack", "staff_member")
 DETAIL_FIELDS = (
@@ -61,8 +70,8 @@ class PurchaseAdmin(HistoryExportAdmin):
     list_select_related = ("client",)
     search_fields = ("client__name", "client__email", "pack__name")
     autocomplete_fields = SELL_FIELDS
-    actions = ["mark_paid_cash"]
-    actions_detail = ["mark_paid_one"]
+    actions_row = ["record_payment"]
+    actions_detail = ["record_payment"]
     show_full_result_count = False
 
     def get_queryset(self, request):
@@ -84,8 +93,13 @@ class PurchaseAdmin(HistoryExportAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
-    def has_mark_paid_permission(self, request, obj=None) -> bool:
-        return request.user.has_perm("payments.change_purchase")
+    def has_record_payment_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("payments.add_payment")
+
+    def get_actions_detail(self, request, object_id):
+        # Only a purchase still waiting for its money offers "Record payment".
+        pending = Purchase.objects.filter(pk=_pk(object_id), status=PurchaseStatus.PENDING).exists()
+        return super().get_actions_detail(request, object_id) if pending else []
 
     @display(description="Pack", ordering="snapshot_name")
     def pack_name(self, obj: Purchase) -> str:
@@ -111,8 +125,8 @@ class PurchaseAdmin(HistoryExportAdmin):
         """Sell a pack: the price and snapshot come from the database, through the service."""
         if not self.has_add_permission(request):
             raise PermissionDenied
-        form_class = self.get_form(request, None, change=False, fields=SELL_FIELDS)
-        form = form_class(request.POST or None)
+        initial = {"client": request.GET["client"]} if request.GET.get("client", "").isdigit() else {}
+        form = SellPackForm(request.POST or None, admin_site=self.admin_site, initial=initial)
         if request.method == "POST" and form.is_valid():
             try:
                 purchase = purchase_create(
@@ -121,65 +135,220 @@ class PurchaseAdmin(HistoryExportAdmin):
                 )
             except (PaymentError, ValidationError) as exc:
                 form.add_error(None, error_text(exc))
-                messages.error(request, error_text(exc))
             else:
                 messages.success(
-                    request, f"Purchase #{purchase.pk} created, pending payment: "
-                    "use “Mark paid (cash)” when the client pays.",
+                    request, f"Purchase #{purchase.pk} created: {purchase.price} {purchase.currency}, "
+                    "pending payment. Record the payment now, or later from the outstanding payments.",
                 )
+                if self.has_record_payment_permission(request):
+                    return redirect(reverse("admin:payments_purchase_record_payment", args=[purchase.pk]))
                 return redirect(reverse("admin:payments_purchase_change", args=[purchase.pk]))
         context = {
             **self.admin_site.each_context(request),
             "title": "Sell a credit pack",
+            "intro": (
+                "The price and the credits come from the pack as it is now; the purchase keeps a copy, "
+                "so later edits to the pack never change it. Credits are issued when the payment is recorded."
+            ),
+            "submit_label": "Create purchase",
+            "cancel_url": reverse("admin:payments_purchase_changelist"),
             "opts": self.model._meta,
             "form": form,
             "media": self.media + form.media,
         }
-        return TemplateResponse(request, "admin/payments/purchase/sell.html", context)
+        return TemplateResponse(request, "admin/core/form_page.html", context)
 
     # --- Recording a payment ----------------------------------------------------------------
 
-    def _mark_paid(self, request, queryset) -> None:
-        paid = 0
-        for purchase in queryset.select_related(None).order_by("pk"):
-            if purchase.status == PurchaseStatus.PAID:
-                messages.info(request, f"Purchase #{purchase.pk} was already paid.")
-                continue
-            try:
-                purchase_mark_paid(purchase=purchase, actor=request.user)
-            except (PaymentError, LedgerError, ValidationError) as exc:
-                messages.error(request, f"Purchase #{purchase.pk}: {error_text(exc)}")
-            else:
-                paid += 1
-        if paid:
-            messages.success(request, f"{paid} purchase(s) marked paid; their credits are issued.")
+    @action(description="Record payment", url_path="record-payment", icon="payments", permissions=["record_payment"])
+    def record_payment(self, request, object_id):
+        return record_payment_view(
+            self, request, object_id, back=reverse("admin:payments_purchase_change", args=[_pk(object_id)]),
+        )
 
-    def _confirm(self, request, queryset, *, changelist_action: str | None):
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Mark paid (cash)?",
-            "opts": self.model._meta,
-            "purchases": queryset.select_related("client").order_by("pk"),
-            "changelist_action": changelist_action,
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
-            "media": self.media,
-        }
-        return TemplateResponse(request, "admin/payments/purchase/mark_paid_confirmation.html", context)
 
-    @admin.action(description="Mark paid (cash)", permissions=["mark_paid"])
-    def mark_paid_cash(self, request, queryset):
-        if request.POST.get("confirmed") != "yes":
-            return self._confirm(request, queryset, changelist_action="mark_paid_cash")
-        self._mark_paid(request, queryset)
-        return None
+def _pk(object_id) -> int:
+    object_id = unquote(str(object_id))
+    if not object_id.isdigit():
+        raise Http404("No such purchase.")
+    return int(object_id)
 
-    @action(description="Mark paid (cash)", url_path="mark-paid", permissions=["mark_paid"], icon="payments")
-    def mark_paid_one(self, request, object_id):
-        object_id = unquote(object_id)
-        queryset = self.get_queryset(request).filter(pk=object_id if object_id.isdigit() else None)
-        if not queryset.exists():
-            raise Http404("No such purchase.")
-        if request.method != "POST" or request.POST.get("confirmed") != "yes":
-            return self._confirm(request, queryset, changelist_action=None)
-        self._mark_paid(request, queryset)
-        return redirect(reverse("admin:payments_purchase_change", args=[object_id]))
+
+def record_payment_view(model_admin, request, object_id, *, back: str):
+    """Money taken at the desk for one purchase: method, amount (its price) and a reference."""
+    purchase = Purchase.objects.select_related("client").filter(pk=_pk(object_id)).first()
+    if purchase is None:
+        raise Http404("No such purchase.")
+    back = next_url(request, back)
+    if purchase.status != PurchaseStatus.PENDING:
+        messages.error(request, f"Purchase #{purchase.pk} is {purchase.get_status_display().lower()}: nothing to record.")
+        return redirect(back)
+    form = RecordPaymentForm(request.POST or None, initial={"amount": purchase.price})
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            payment = payment_record(
+                purchase=purchase, method=data["method"], amount=data["amount"],
+                reference=data["reference"], actor=request.user,
+            )
+        except (PaymentError, LedgerError, ValidationError) as exc:
+            form.add_error(None, error_text(exc))
+        else:
+            messages.success(
+                request, f"{payment.get_method_display()} payment of {payment.amount} {payment.currency} recorded "
+                f"for purchase #{purchase.pk}: {purchase.client.name}'s credits are issued.",
+            )
+            return redirect(back)
+    bookings = purchase.bookings.select_related("session__session_type", "session__staff_member").order_by(
+        "session__starts_at"
+    )
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": f"Record payment: purchase #{purchase.pk}",
+        "submit_label": "Record payment",
+        "cancel_url": back,
+        "next": back,
+        "opts": model_admin.model._meta,
+        "purchase": purchase,
+        "bookings": bookings,
+        "form": form,
+        "media": model_admin.media + form.media,
+    }
+    return TemplateResponse(request, "admin/payments/purchase/record_payment.html", context)
+
+
+# --- Payments -----------------------------------------------------------------------------
+
+
+@admin.register(Payment)
+class PaymentAdmin(ReadOnlyAdminMixin, HistoryAdmin):
+    """Money received: written only by payment_record (and Stripe later), read here."""
+
+    list_display = ("received", "client", "purchase_link", "method", "amount_paid", "reference", "recorded_by")
+    # A date filter rather than date_hierarchy: the hierarchy scans every payment for its dates.
+    list_filter = ("method", ("received_at", admin.DateFieldListFilter))
+    list_select_related = ("purchase__client", "recorded_by")
+    search_fields = ("purchase__client__name", "purchase__client__email", "reference")
+    show_full_result_count = False
+
+    @display(description="Received", ordering="received_at")
+    def received(self, obj: Payment) -> str:
+        return local_start(obj.received_at)
+
+    @display(description="Client", ordering="purchase__client__name")
+    def client(self, obj: Payment) -> str:
+        return obj.purchase.client.name
+
+    @display(description="Amount", ordering="amount")
+    def amount_paid(self, obj: Payment) -> str:
+        return f"{obj.amount} {obj.currency}"
+
+    @display(description="Purchase")
+    def purchase_link(self, obj: Payment):
+        url = reverse("admin:payments_purchase_change", args=[obj.purchase_id])
+        return format_html('<a href="{}">#{} {}</a>', url, obj.purchase_id, obj.purchase.snapshot.get("name", ""))
+
+
+# --- Outstanding payments -----------------------------------------------------------------
+
+
+class FirstSessionFilter(admin.SimpleListFilter):
+    title = "first session"
+    parameter_name = "first_session"
+
+    def lookups(self, request, model_admin):
+        return (("started", "Already started"), ("ahead", "Still ahead"), ("none", "No session booked"))
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "started":
+            return queryset.filter(first_session_at__lte=now)
+        if self.value() == "ahead":
+            return queryset.filter(first_session_at__gt=now)
+        if self.value() == "none":
+            return queryset.filter(first_session_at__isnull=True)
+        return queryset
+
+
+@admin.register(OutstandingPurchase)
+class OutstandingPurchaseAdmin(ModelAdmin):
+    """Desk sales still unpaid, oldest first: finance chases them (the selector defines the list)."""
+
+    list_display = (
+        "client_name", "pack_name", "amount", "due_since", "sessions_used", "first_session", "state",
+        "pay",
+    )
+    list_display_links = None
+    list_filter = (FirstSessionFilter,)
+    search_fields = ("client__name", "client__email")
+    actions_row = ["record_payment"]
+
+    def get_queryset(self, request):
+        return outstanding_purchases().annotate(snapshot_name=KeyTextTransform("name", "snapshot"))
+
+    def get_list_display(self, request):
+        shown = super().get_list_display(request)
+        return shown if self.has_record_payment_permission(request) else tuple(c for c in shown if c != "pay")
+
+    # A window on purchases: nothing is added, edited or deleted from here.
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_record_payment_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("payments.add_payment")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # The purchase's own page is the detail; this list is only a window on it.
+        return redirect(reverse("admin:payments_purchase_change", args=[_pk(object_id)]))
+
+    @display(description="Client", ordering="client__name")
+    def client_name(self, obj: Purchase):
+        url = reverse("admin:core_client_change", args=[obj.client_id])
+        return format_html('<a href="{}">{}</a>', url, obj.client.name)
+
+    @display(description="Pack", ordering="snapshot_name")
+    def pack_name(self, obj: Purchase):
+        url = reverse("admin:payments_purchase_change", args=[obj.pk])
+        return format_html('<a href="{}">#{} {}</a>', url, obj.pk, obj.snapshot_name or "")
+
+    @display(description="Amount", ordering="price")
+    def amount(self, obj: Purchase) -> str:
+        return f"{obj.price} {obj.currency}"
+
+    @display(description="Due since", ordering="created_at")
+    def due_since(self, obj: Purchase) -> str:
+        return local_start(obj.created_at)
+
+    @display(description="Sessions used", ordering="sessions_used")
+    def sessions_used(self, obj: Purchase) -> int:
+        return obj.sessions_used
+
+    @display(description="First session", ordering="first_session_at")
+    def first_session(self, obj: Purchase) -> str:
+        return local_start(obj.first_session_at) if obj.first_session_at else "—"
+
+    @display(description="Status", label={"started": "danger", "ahead": "info", "none": ""})
+    def state(self, obj: Purchase):
+        if obj.first_session_at is None:
+            return "none", "No session booked"
+        if obj.first_session_at <= timezone.now():
+            return "started", "Session already started"
+        return "ahead", "Before first session"
+
+    @display(description="")
+    def pay(self, obj: Purchase):
+        # The list's one job, so it is a visible link, not only in the row's menu.
+        url = reverse("admin:payments_outstandingpurchase_record_payment", args=[obj.pk])
+        return format_html('<a class="font-medium text-primary-600 whitespace-nowrap" href="{}">Record payment</a>', url)
+
+    @action(description="Record payment", url_path="record-payment", icon="payments", permissions=["record_payment"])
+    def record_payment(self, request, object_id):
+        return record_payment_view(
+            self, request, object_id, back=reverse("admin:payments_outstandingpurchase_changelist"),
+        )

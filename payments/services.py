@@ -16,26 +16,32 @@ from payments.exceptions import InvalidPayment, InvalidPurchaseState, PackNotFor
 from payments.models import Payment, PaymentMethod, Purchase, PurchaseChannel, PurchaseStatus
 
 
-def client_has_booked(client: Client) -> bool:
+def client_has_booked(client: Client, *, excluding_booking_id: int | None = None) -> bool:
     """A client with any booking that was not cancelled in time counts as an existing member."""
     from core.models import Booking, BookingStatus
 
-    return Booking.objects.filter(client=client).exclude(status=BookingStatus.CANCELLED).exists()
+    bookings = Booking.objects.filter(client=client).exclude(status=BookingStatus.CANCELLED)
+    return bookings.exclude(pk=excluding_booking_id).exists()
 
 
-def check_restriction(pack: CreditPack, client: Client) -> None:
-    if pack.restrict_to == RestrictTo.NEW_JOINERS and client_has_booked(client):
+def check_restriction(pack: CreditPack, client: Client, *, excluding_booking_id: int | None = None) -> None:
+    has_booked = client_has_booked(client, excluding_booking_id=excluding_booking_id)
+    if pack.restrict_to == RestrictTo.NEW_JOINERS and has_booked:
         raise PackNotForSale(f"{pack.name} is for new joiners only, and {client.name} has booked before.")
-    if pack.restrict_to == RestrictTo.ACTIVE_MEMBERS and not client_has_booked(client):
+    if pack.restrict_to == RestrictTo.ACTIVE_MEMBERS and not has_booked:
         raise PackNotForSale(f"{pack.name} is for existing members only, and {client.name} has not booked yet.")
 
 
 @transaction.atomic
 def purchase_create(
     *, client: Client, pack: CreditPack, actor, staff_member: StaffMember | None = None,
-    channel: str = PurchaseChannel.DESK,
+    channel: str = PurchaseChannel.DESK, for_booking_id: int | None = None,
 ) -> Purchase:
-    """A pending purchase, priced and snapshotted from the database (never from the browser)."""
+    """A pending purchase, priced and snapshotted from the database (never from the browser).
+
+    `for_booking_id`: the booking this pack is sold on the spot to pay for. It is the booking
+    being made, not a previous one, so "restrict to" leaves it out.
+    """
     pack = CreditPack.objects.select_related("category").get(pk=pack.pk)
     if not pack.published:
         raise PackNotForSale(f"{pack.name} is not published, so it cannot be sold.")
@@ -44,7 +50,7 @@ def purchase_create(
     if staff_member is not None and not pack.all_staff:
         if not pack.staff_prices.filter(staff_member=staff_member).exists():
             raise PackNotForSale(f"{pack.name} is not sold with {staff_member}.")
-    check_restriction(pack, client)
+    check_restriction(pack, client, excluding_booking_id=for_booking_id)
     purchase = Purchase(
         client=client, pack=pack, staff_member=staff_member,
         price=pack_price_for(pack, staff_member), currency=pack.currency,

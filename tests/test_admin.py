@@ -3,19 +3,23 @@ the client page shows credits, and credits move only through audited adjustments
 from __future__ import annotations
 
 import html
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.urls import reverse
+from django.utils import timezone
 
 from catalog.models import CreditPack, SessionType
-from core.models import Client
+from core.bookings import booking_create
+from core.models import BusinessSettings, Client
+from core.sessions import session_create
 from ledger.models import ClientBalance, CreditGrant, EntryKind, LedgerEntry
 from ledger.services import credits_adjust
-from payments.models import Purchase, PurchaseStatus
-from payments.services import purchase_create
+from payments.models import Payment, Purchase, PurchaseStatus
+from payments.services import payment_record, purchase_create
 
 
 OUR_APPS = {"core", "catalog", "ledger", "payments", "reports", "auth"}
@@ -35,12 +39,21 @@ def balance_of(client, session_type) -> int:
 
 
 @pytest.fixture
-def populated(db, client_a, massage, physio, coach, make_pack, sell, staff_user):
+def populated(db, client_a, client_b, massage, physio, coach, make_pack, sell, staff_user):
     """One row of every registered model, so every change page has something to show."""
     pack = make_pack([(massage, False, 10)], staff_prices=[(coach, Decimal("350.00"))])
     sell(client_a, pack)
     credits_adjust(client=client_a, session_type=physio, amount=2, reason="welcome gift", actor=staff_user)
-    Group.objects.create(name="Front desk")
+    Group.objects.get_or_create(name="Front desk")  # the roles migration may have made it
+    session = session_create(
+        session_type=massage, staff_member=coach, starts_at=timezone.now() + timedelta(days=2),
+        outside_hours_reason="opening week", actor=staff_user,
+    )
+    booking_create(client=client_a, session=session, actor=staff_user)
+    paid = purchase_create(client=client_b, pack=pack, actor=staff_user)
+    payment_record(purchase=paid, method="cash", amount=paid.price, actor=staff_user)
+    purchase_create(client=client_b, pack=pack, actor=staff_user)  # outstanding
+    BusinessSettings.current()
     return pack
 
 
@@ -56,7 +69,9 @@ def test_every_changelist_add_and_change_page_renders(admin_client, populated):
         if model._meta.app_label not in OUR_APPS and obj is None:
             continue  # a third-party list (dramatiq's tasks) that is empty in tests
         assert obj is not None, f"no {model.__name__} row to open"
-        assert admin_client.get(admin_url(model, "change", obj.pk)).status_code == 200, model
+        # follow: the outstanding payments list opens the purchase's own page.
+        change = admin_client.get(admin_url(model, "change", obj.pk), follow=True)
+        assert change.status_code == 200 and "/change/" in change.wsgi_request.path, model
 
 
 def test_pages_carry_the_unfold_theme(admin_client, client_a, populated):
@@ -409,24 +424,43 @@ def test_ledger_rows_cannot_be_added_changed_or_deleted_in_the_admin(admin_clien
 # --- Purchases ----------------------------------------------------------------------------
 
 
-def test_selling_a_pack_in_the_admin_then_marking_it_paid_issues_credits(admin_client, admin_user, client_a, massage, make_pack):
+def test_selling_a_pack_in_the_admin_then_recording_the_payment_issues_credits(admin_client, admin_user, client_a, massage, make_pack):
     pack = make_pack([(massage, False, 10)])
 
     sold = admin_client.post(admin_url(Purchase, "add"), {"client": client_a.pk, "pack": pack.pk})
     purchase = Purchase.objects.get()
-    assert sold.status_code == 302 and purchase.status == PurchaseStatus.PENDING
+    record_url = reverse("admin:payments_purchase_record_payment", args=[purchase.pk])
+    # The desk goes straight on to take the money.
+    assert sold.status_code == 302 and sold.url == record_url
+    assert purchase.status == PurchaseStatus.PENDING
     assert purchase.price == Decimal("300.00") and purchase.created_by == admin_user
-
-    action = {"action": "mark_paid_cash", "_selected_action": [purchase.pk]}
-    confirm = admin_client.post(admin_url(Purchase, "changelist"), action)
-    assert confirm.status_code == 200 and "Yes, mark paid" in page_text(confirm)
+    form = admin_client.get(record_url)
+    assert form.status_code == 200 and form.context["form"]["amount"].value() == Decimal("300.00")
     assert balance_of(client_a, massage) == 0
 
-    done = admin_client.post(admin_url(Purchase, "changelist"), {**action, "confirmed": "yes"}, follow=True)
-    assert "1 purchase(s) marked paid" in page_text(done)
+    done = admin_client.post(
+        record_url, {"method": "card_terminal", "amount": "300.00", "reference": "slip 0042"}, follow=True,
+    )
+
+    assert "Card terminal payment of 300.00 GBP recorded" in page_text(done)
     purchase.refresh_from_db()
     assert purchase.status == PurchaseStatus.PAID
+    payment = Payment.objects.get(purchase=purchase)
+    assert (payment.method, payment.amount, payment.reference, payment.recorded_by) == (
+        "card_terminal", Decimal("300.00"), "slip 0042", admin_user,
+    )
     assert balance_of(client_a, massage) == 10
+
+
+def test_recording_a_different_amount_is_refused_with_the_services_text(admin_client, client_a, massage, make_pack, staff_user):
+    purchase = purchase_create(client=client_a, pack=make_pack([(massage, False, 10)]), actor=staff_user)
+    url = reverse("admin:payments_purchase_record_payment", args=[purchase.pk])
+
+    response = admin_client.post(url, {"method": "cash", "amount": "250.00", "reference": ""})
+
+    assert response.status_code == 200
+    assert "The amount must be the purchase's price, 300.00 GBP (got 250.00)." in page_text(response)
+    assert not Payment.objects.exists() and balance_of(client_a, massage) == 0
 
 
 def test_selling_an_unpublished_pack_shows_the_error(admin_client, client_a, massage, make_pack):
@@ -439,20 +473,19 @@ def test_selling_an_unpublished_pack_shows_the_error(admin_client, client_a, mas
     assert not Purchase.objects.exists()
 
 
-def test_marking_a_cancelled_purchase_paid_reports_the_error(admin_client, client_a, massage, make_pack, staff_user):
+def test_recording_a_payment_for_a_cancelled_purchase_reports_the_error(admin_client, client_a, massage, make_pack, staff_user):
     purchase = purchase_create(client=client_a, pack=make_pack([(massage, False, 10)]), actor=staff_user)
     Purchase.objects.filter(pk=purchase.pk).update(status=PurchaseStatus.CANCELLED)
-    url = reverse("admin:payments_purchase_mark_paid_one", args=[purchase.pk])
+    url = reverse("admin:payments_purchase_record_payment", args=[purchase.pk])
 
-    assert admin_client.get(url).status_code == 200
-    done = admin_client.post(url, {"confirmed": "yes"}, follow=True)
+    done = admin_client.post(url, {"method": "cash", "amount": "300.00"}, follow=True)
 
-    assert f"Purchase #{purchase.pk} is cancelled and cannot be paid." in page_text(done)
-    assert balance_of(client_a, massage) == 0
+    assert f"Purchase #{purchase.pk} is cancelled: nothing to record." in page_text(done)
+    assert not Payment.objects.exists() and balance_of(client_a, massage) == 0
 
 
-def test_purchase_page_shows_the_snapshot_read_only(admin_client, populated):
-    purchase = Purchase.objects.get()
+def test_purchase_page_shows_the_snapshot_read_only(admin_client, populated, client_a):
+    purchase = Purchase.objects.get(client=client_a)
     response = admin_client.get(admin_url(Purchase, "change", purchase.pk))
     text = page_text(response)
     assert response.context["has_change_permission"] is False

@@ -1,12 +1,15 @@
-"""Load a small, believable studio into an empty database and print an admin login.
+"""Load a small, lived-in studio into an empty database and print an admin login.
 
-Everything goes through the same services staff use, so the demo ledger balances.
+Everything goes through the same services staff use (sessions, bookings, desk payments, the
+ledger), so the demo obeys every rule and its ledger balances. The diary runs from a week ago to
+two weeks ahead of the day it is loaded, so the front desk sees past visits and upcoming ones.
 """
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from decimal import Decimal
+from itertools import cycle
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
@@ -16,11 +19,15 @@ from django.utils import timezone
 from catalog.models import Category, CreditPack, SessionType
 from catalog.services import pack_create
 from catalog.validation import LineData, StaffPriceData
-from core.models import Client, StaffMember
+from core.bookings import booking_cancel, booking_create, booking_mark_attended, booking_mark_no_show
+from core.models import Booking, Client, Session, StaffMember, WorkingHours
 from core.services import client_create
+from core.sessions import session_create
 from ledger.integrity import ledger_check
-from ledger.services import credit_redeem, credits_adjust
-from payments.services import purchase_create, purchase_mark_paid
+from ledger.services import credits_adjust
+from payments.models import PaymentMethod
+from payments.selectors import outstanding_purchases
+from payments.services import payment_record, purchase_create
 
 CLIENTS = [
     ("Ada Lovelace", "ada@example.com"), ("Grace Hopper", "grace@example.com"),
@@ -30,6 +37,14 @@ CLIENTS = [
     ("Tim Berners-Lee", "tim@example.com"), ("Frances Allen", "frances@example.com"),
     ("Ken Thompson", "ken@example.com"), ("Radia Perlman", "radia@example.com"),
 ]
+# Walk-ins booked by selling a pack on the spot.
+WALK_INS = [("Hedy Lamarr", "hedy@example.com"), ("Annie Easley", "annie@example.com")]
+
+OPENS, CLOSES = time(7), time(21)  # Monday to Saturday
+PT_TIMES = (time(7), time(12), time(17, 30))  # Sam
+MASSAGE_TIMES = (time(10), time(15))  # Jo
+YOGA_TIMES = {0: time(18, 30), 2: time(18, 30), 4: time(18, 30), 5: time(8, 30)}  # Jo: Mon Wed Fri, Sat
+PAST_DAYS, AHEAD_DAYS = 7, 14
 
 
 class Command(BaseCommand):
@@ -48,6 +63,10 @@ class Command(BaseCommand):
             self.stdout.write("Demo data already loaded.")
         else:
             self._load(admin)
+        self.stdout.write(
+            f"Diary: {Session.objects.count()} sessions, {Booking.objects.count()} bookings; "
+            f"outstanding payments: {outstanding_purchases().count()}"
+        )
         result = ledger_check()
         self.stdout.write(f"ledger {'ok' if result.ok else 'BROKEN'}: {result.clients} clients, {result.entries} entries")
         self.stdout.write(self.style.SUCCESS(
@@ -72,13 +91,16 @@ class Command(BaseCommand):
             user = User.objects.create_user(username, f"{username}@example.com", secrets.token_urlsafe(12), is_staff=True)
             member = StaffMember.objects.create(user=user, display_name=name)
             member.session_types.set([pt, massage, yoga])
+            for weekday in range(6):
+                WorkingHours.objects.create(staff_member=member, weekday=weekday, starts=OPENS, ends=CLOSES)
             staff.append(member)
+        sam, jo = staff
 
         ten_pt = pack_create(
             actor=admin, name="10 personal training sessions", category=private, price=Decimal("300.00"),
             currency="GBP", published=True, sell_online=True, validity_amount=3, validity_unit="months",
             lines=[LineData(pt, credits=10)],
-            staff_prices=[StaffPriceData(staff[1], Decimal("350.00"))],
+            staff_prices=[StaffPriceData(jo, Decimal("350.00"))],
         )
         five_massage = pack_create(
             actor=admin, name="5 massages", category=private, price=Decimal("225.00"), currency="GBP",
@@ -90,25 +112,117 @@ class Command(BaseCommand):
             currency="GBP", published=True, sell_online=True, validity_amount=1, validity_unit="months",
             lines=[LineData(yoga, unlimited=True)],
         )
-        pack_create(
+        intro_offer = pack_create(
             actor=admin, name="Intro: 2 PT + 2 yoga", category=intro, price=Decimal("49.00"), currency="GBP",
             published=True, sell_online=True, restrict_to="new_joiners", validity_amount=3,
             validity_unit="weeks", lines=[LineData(pt, credits=2), LineData(yoga, credits=2)],
         )
-        now = timezone.now()
-        packs = [ten_pt, five_massage, yoga_month]
-        for number, (name, email) in enumerate(CLIENTS):
-            client = client_create(actor=admin, name=name, email=email, phone=f"07700 900{number:03d}")
-            pack = packs[number % len(packs)]
-            purchase = purchase_create(client=client, pack=pack, actor=admin)
-            purchase_mark_paid(purchase=purchase, actor=admin, paid_at=now - timedelta(days=number * 2))
-            session_type = purchase.grants.first().session_type
-            for visit in range(number % 4):
-                credit_redeem(
-                    client=client, session_type=session_type, actor=admin,
-                    at=now + timedelta(days=visit + 1, hours=10), note="Demo booking",
-                )
+
+        diary = self._diary(admin, sam=sam, jo=jo, pt=pt, massage=massage, yoga=yoga)
+        clients = self._clients_with_paid_packs(admin, [ten_pt, five_massage, yoga_month])
+        self._bookings(admin, diary, clients)
+        self._walk_ins(admin, diary, five_massage=five_massage, intro_offer=intro_offer)
         credits_adjust(
             client=Client.objects.get(email="ada@example.com"), session_type=pt, amount=1,
             reason="Goodwill: session cut short by a fire alarm", actor=admin,
         )
+
+    def _diary(self, admin, *, sam, jo, pt, massage, yoga) -> dict[str, dict[str, list[Session]]]:
+        """Private sessions and yoga classes, Monday to Saturday, split into past and upcoming."""
+        now = timezone.now()
+        today = timezone.localdate()
+        diary = {kind: {"past": [], "upcoming": []} for kind in ("pt", "massage", "yoga")}
+        for offset in range(-PAST_DAYS, AHEAD_DAYS + 1):
+            day = today + timedelta(days=offset)
+            if day.weekday() == 6:
+                continue  # closed on Sundays
+            slots = [("pt", pt, sam, t, 1) for t in PT_TIMES]
+            slots += [("massage", massage, jo, t, 1) for t in MASSAGE_TIMES]
+            if day.weekday() in YOGA_TIMES:
+                slots.append(("yoga", yoga, jo, YOGA_TIMES[day.weekday()], 8))
+            for kind, session_type, member, at, capacity in slots:
+                starts_at = timezone.make_aware(datetime.combine(day, at))
+                session = session_create(
+                    session_type=session_type, staff_member=member, starts_at=starts_at,
+                    capacity=capacity, actor=admin,
+                )
+                diary[kind]["past" if starts_at < now else "upcoming"].append(session)
+        return diary
+
+    def _clients_with_paid_packs(self, admin, packs) -> dict[str, list[Client]]:
+        """Each client bought a pack at the desk a week or two ago and paid there and then."""
+        now = timezone.now()
+        methods = cycle([PaymentMethod.CASH, PaymentMethod.CARD_TERMINAL, PaymentMethod.BANK_TRANSFER])
+        by_kind = {"pt": [], "massage": [], "yoga": []}
+        for number, (name, email) in enumerate(CLIENTS):
+            client = client_create(actor=admin, name=name, email=email, phone=f"07700 900{number:03d}")
+            kind, pack = list(by_kind)[number % 3], packs[number % 3]
+            purchase = purchase_create(client=client, pack=pack, actor=admin)
+            # Paid 8 to 11 days ago: before last week's visits, and a month of yoga still runs.
+            payment_record(
+                purchase=purchase, method=next(methods), amount=purchase.price, actor=admin,
+                reference=f"Till receipt {1000 + number}", received_at=now - timedelta(days=8 + number // 3),
+            )
+            by_kind[kind].append(client)
+        return by_kind
+
+    def _bookings(self, admin, diary, clients) -> None:
+        """Visits last week (attended, a no-show, a late cancel) and bookings for the next two weeks."""
+        now = timezone.now()
+        # Kept aside for a late cancel: the next PT session already inside its cancellation window.
+        late = next(
+            (
+                s for s in diary["pt"]["upcoming"]
+                if s.starts_at <= now + timedelta(hours=s.session_type.cancellation_window_hours)
+            ),
+            None,
+        )
+        pt_past = iter(diary["pt"]["past"])
+        pt_upcoming = iter([s for s in diary["pt"]["upcoming"] if s != late])
+        massage_past, massage_upcoming = iter(diary["massage"]["past"]), iter(diary["massage"]["upcoming"])
+
+        def book(client, session):
+            return booking_create(client=client, session=session, actor=admin)
+
+        visits = []
+        for client in clients["pt"]:
+            visits += [book(client, next(pt_past)) for _ in range(2)]
+            for _ in range(2):
+                book(client, next(pt_upcoming))
+        for client in clients["massage"]:
+            visits.append(book(client, next(massage_past)))
+            book(client, next(massage_upcoming))
+        for session in diary["yoga"]["past"][-2:]:
+            visits += [book(client, session) for client in clients["yoga"]]
+        for session in diary["yoga"]["upcoming"][:3]:
+            for client in clients["yoga"]:
+                book(client, session)
+
+        no_show, *attended, excused = visits  # a PT client forgot; a yoga client was in hospital
+        booking_mark_no_show(booking=no_show, actor=admin)
+        booking_mark_no_show(
+            booking=excused, actor=admin, override="return", reason="Called from hospital: credit given back"
+        )
+        for booking in attended:
+            booking_mark_attended(booking=booking, actor=admin)
+
+        # One client cancels well ahead (credit returned), another too late (credit forfeited).
+        upcoming = Booking.objects.filter(session__starts_at__gt=now + timedelta(days=2)).order_by("session__starts_at")
+        booking_cancel(booking=upcoming.first(), actor=admin)
+        frances = clients["pt"][-1]
+        # With no PT session inside its window (loaded on a Saturday night), the late cancel is
+        # recorded after last week's session instead, which the rules treat the same way.
+        booking_cancel(booking=book(frances, late or next(pt_past)), actor=admin)
+
+    def _walk_ins(self, admin, diary, *, five_massage, intro_offer) -> None:
+        """Two newcomers booked by selling a pack on the spot: one paid at the desk, one still owes."""
+        hedy, annie = (client_create(actor=admin, name=name, email=email) for name, email in WALK_INS)
+        yoga_class = diary["yoga"]["upcoming"][0]
+        paid_later = booking_create(client=annie, session=yoga_class, actor=admin, sell_pack=intro_offer)
+        payment_record(
+            purchase=paid_later.purchase, method=PaymentMethod.CARD_TERMINAL,
+            amount=paid_later.purchase.price, actor=admin, reference="Terminal 7731",
+        )
+        unpaid_session = next(s for s in diary["massage"]["upcoming"] if not s.bookings.exists())
+        booking_create(client=hedy, session=unpaid_session, actor=admin, sell_pack=five_massage)
+
