@@ -20,6 +20,9 @@ if not os.environ.get("REDIS_URL"):
 if not os.environ.get("ALLOWED_HOSTS"):
     raise ImproperlyConfigured("ALLOWED_HOSTS must list the host names this site answers to.")
 
+if not os.environ.get("STRIPE_SECRET_KEY") or not os.environ.get("STRIPE_WEBHOOK_SECRET"):
+    raise ImproperlyConfigured("STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET must be set in production.")
+
 SECRET_KEY = _secret
 DEBUG = False
 PACKDESK_INPROCESS_WORKER = False

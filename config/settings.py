@@ -118,7 +118,15 @@ DEFAULT_CURRENCY = os.environ.get("DEFAULT_CURRENCY", "GBP").upper()
 BUSINESS_NAME = os.environ.get("BUSINESS_NAME", "Packdesk Demo Studio")
 
 STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
-STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+# Without a Stripe account (the demo) the real stripe SDK talks to a local test-mode double and
+# events are signed with this demo secret, so the demo runs the same webhook pipeline.
+STRIPE_TEST_DOUBLE = not STRIPE_SECRET_KEY
+STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "") or (
+    "whsec_packdesk_demo_only" if STRIPE_TEST_DOUBLE else ""
+)
+STRIPE_WEBHOOK_TOLERANCE = int(os.environ.get("STRIPE_WEBHOOK_TOLERANCE", "300"))
+# Absolute base URL of the public page (Stripe's success / cancel redirects come back here).
+PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 
 # Job queue: dramatiq on Redis when REDIS_URL is set, otherwise an in-process stub broker
 # whose worker runs inside the web process (demo only; see config/dramatiq.py).
@@ -168,5 +176,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # Django's own logger already has a handler; without this each line printed twice.
-    "loggers": {"django": {"handlers": ["console"], "level": "INFO", "propagate": False}},
+    "loggers": {
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # The SDK logs every request at INFO; keep its warnings and errors only.
+        "stripe": {"level": "WARNING"},
+    },
 }

@@ -130,6 +130,9 @@ class LedgerEntry(models.Model):
     booking = models.ForeignKey(
         "core.Booking", on_delete=models.PROTECT, null=True, blank=True, related_name="ledger_entries"
     )
+    refund = models.ForeignKey(
+        "payments.Refund", on_delete=models.PROTECT, null=True, blank=True, related_name="ledger_entries"
+    )
     # The entry this one reverses (a return points at its use).
     reverses = models.ForeignKey(
         "self", on_delete=models.PROTECT, null=True, blank=True, related_name="+"

@@ -52,6 +52,11 @@ class Purchase(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     paid_at = models.DateTimeField(null=True, blank=True)
+    # Online purchases: the Checkout Session (its id is the unguessable key of the success page).
+    stripe_checkout_session_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    stripe_payment_intent_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    refunded_amount = models.DecimalField(max_digits=10, decimal_places=2, default=Decimal("0"))
+    disputed = models.BooleanField(default=False, help_text="The client disputed the card payment.")
 
     history = HistoricalRecords()
 
@@ -63,6 +68,10 @@ class Purchase(models.Model):
             models.CheckConstraint(
                 condition=~Q(status="paid") | Q(paid_at__isnull=False),
                 name="purchase_paid_has_date",
+            ),
+            models.CheckConstraint(
+                condition=Q(refunded_amount__gte=0) & Q(refunded_amount__lte=models.F("price")),
+                name="purchase_refund_within_price",
             ),
         ]
 
@@ -95,6 +104,88 @@ class Payment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_method_display()} {self.amount} {self.currency} for purchase #{self.purchase_id}"
+
+
+class RefundStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class Refund(models.Model):
+    """Money given back for a purchase: through Stripe, or recorded for a desk payment."""
+
+    purchase = models.ForeignKey(Purchase, on_delete=models.PROTECT, related_name="refunds")
+    amount = models.DecimalField(max_digits=10, decimal_places=2, validators=[MinValueValidator(Decimal("0.01"))])
+    currency = models.CharField(max_length=3)
+    method = models.CharField(max_length=20, choices=PaymentMethod.choices)
+    status = models.CharField(max_length=10, choices=RefundStatus.choices, default=RefundStatus.PENDING)
+    stripe_refund_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    reason = models.CharField(max_length=300, blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    applied_at = models.DateTimeField(null=True, blank=True, help_text="When its credits were voided.")
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="refund_amount_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Refund {self.amount} {self.currency} of purchase #{self.purchase_id}"
+
+
+class StripeEventStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PROCESSED = "processed", "Processed"
+    IGNORED = "ignored", "Ignored"
+    FAILED = "failed", "Failed"
+
+
+class StripeEvent(models.Model):
+    """A verified webhook event, stored before anything acts on it (unique by Stripe's id)."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100, db_index=True)
+    livemode = models.BooleanField(default=False)
+    payload = models.JSONField()
+    status = models.CharField(
+        max_length=10, choices=StripeEventStatus.choices, default=StripeEventStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [models.Index(fields=["status", "received_at"], name="stripe_event_status")]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+
+class LocalStripeObject(models.Model):
+    """Stripe's side, kept locally when no Stripe account is configured (the demo) and in tests:
+    the real stripe SDK talks to payments.stripe_double, which answers from these rows."""
+
+    object_id = models.CharField(max_length=255, unique=True)
+    object_type = models.CharField(max_length=100)
+    data = models.JSONField()
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "local test-mode Stripe object"
+
+    def __str__(self) -> str:
+        return self.object_id
 
 
 class OutstandingPurchase(Purchase):

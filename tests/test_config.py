@@ -29,6 +29,8 @@ def production_env():
         "DATABASE_URL": os.environ["DATABASE_URL"],
         "REDIS_URL": os.environ["REDIS_URL"],
         "ALLOWED_HOSTS": "packdesk.example.com",
+        "STRIPE_SECRET_KEY": "sk_test_" + secrets.token_hex(12),
+        "STRIPE_WEBHOOK_SECRET": "whsec_" + secrets.token_hex(12),
     }
 
 
@@ -45,6 +47,8 @@ def test_production_settings_pass_check_deploy():
         ("DATABASE_URL", "DATABASE_URL must point at PostgreSQL"),
         ("REDIS_URL", "REDIS_URL must be set"),
         ("ALLOWED_HOSTS", "ALLOWED_HOSTS must list"),
+        ("STRIPE_SECRET_KEY", "STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET must be set"),
+        ("STRIPE_WEBHOOK_SECRET", "STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET must be set"),
     ],
 )
 def test_production_refuses_to_start_without(missing, message):
