@@ -131,7 +131,8 @@ class ClientAdmin(HistoryImportExportAdmin):
     fields = ("name", "email", "phone", "notes", "archived", "created_at")
     readonly_fields = ("created_at",)
     actions_detail = ["adjust_credits"]
-    change_form_outer_after_template = "admin/core/client/credits_section.html"
+    # Balances and bookings first: they are what the desk opens a client for, not the edit form.
+    change_form_outer_before_template = "admin/core/client/credits_section.html"
 
     def get_queryset(self, request):
         # Totals as subqueries: the list costs the same whatever the number of clients.

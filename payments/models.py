@@ -76,7 +76,7 @@ class Purchase(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"#{self.pk} {self.snapshot.get('name', '')} for client {self.client_id}"
+        return f"#{self.pk} {self.snapshot.get('name', '')} for {self.client.name}"
 
 
 class Payment(models.Model):
