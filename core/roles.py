@@ -95,12 +95,17 @@ ROLES: dict[str, list[str]] = {
         *_crud("payments.purchase", "view"),
         *_crud("payments.payment", "view"),
         *_crud("payments.outstandingpurchase", "view"),
+        *_crud("payments.refund", "view"),
     ],
     FINANCE: [
         # Money: purchases (manual and late invoices), payments, the outstanding list.
         *_crud("payments.purchase", "view", "add", "change"),
         *_crud("payments.payment", "view", "add", "change"),
         *_crud("payments.outstandingpurchase", "view", "change"),
+        # Refunds: through Stripe or recorded for desk payments (payments.refunds); never edited.
+        *_crud("payments.refund", "view", "add"),
+        # Stripe webhook events: see failures and retry them (retry needs change).
+        *_crud("payments.stripeevent", "view", "change"),
         # Everything else read-only, for reconciliation and reports.
         *_crud("core.client", "view"),
         *_VIEW_STAFF,

@@ -69,7 +69,7 @@ def _lock_balance(client_id: int, session_type_id: int) -> ClientBalance:
 def _write_entry(
     *, balance: ClientBalance, grant: CreditGrant, kind: str, amount: int, actor, note: str,
     source: str, key: str, reverses: LedgerEntry | None = None, at: datetime | None = None,
-    booking_id: int | None = None,
+    booking_id: int | None = None, refund_id: int | None = None,
 ) -> LedgerEntry:
     """Move a locked balance by `amount` and record why, in the same transaction."""
     at = at or timezone.now()
@@ -80,7 +80,7 @@ def _write_entry(
         client_id=balance.client_id, session_type_id=balance.session_type_id, grant=grant,
         kind=kind, amount=amount, balance_after=balance.balance, actor=actor, note=note,
         source=source, purchase_id=grant.purchase_id, reverses=reverses, idempotency_key=key,
-        created_at=at, booking_id=booking_id,
+        created_at=at, booking_id=booking_id, refund_id=refund_id,
     )
 
 
@@ -379,8 +379,10 @@ def credit_forfeit(*, used_entry: LedgerEntry, actor, note: str) -> LedgerEntry:
 def grant_void(
     *, grant: CreditGrant, actor, note: str, quantity: int | None = None,
     source: str = EntrySource.REFUND, idempotency_key: str | None = None,
+    refund_id: int | None = None,
 ) -> LedgerEntry:
-    """Void unused credits of a grant (all, or `quantity` of them), e.g. on a refund."""
+    """Void unused credits of a grant (all, or `quantity` of them), e.g. on a refund
+    (`refund_id` links the entry to that refund)."""
     if not note.strip():
         raise InvalidVoid("Give a reason for voiding credits.")
     key = idempotency_key or f"void:{uuid.uuid4()}"
@@ -406,7 +408,7 @@ def grant_void(
     _set_remaining(grant, -quantity, **fields)
     return _write_entry(
         balance=balance, grant=grant, kind=EntryKind.VOIDED, amount=-quantity, actor=actor,
-        note=note, source=source, key=key, at=now,
+        note=note, source=source, key=key, at=now, refund_id=refund_id,
     )
 
 

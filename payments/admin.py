@@ -1,4 +1,5 @@
-"""Admin for money: sell a pack, record an in-person payment, the payments and outstanding lists.
+"""Admin for money: sell a pack, record an in-person payment, refund (payments.admin_refunds),
+the payments and outstanding lists.
 
 Every payment path goes through payments.services.payment_record, so each paid purchase has its
 Payment row (method, amount, reference, who took it).
@@ -24,6 +25,7 @@ from unfold.decorators import action, display
 from core.admin import HistoryAdmin, HistoryExportAdmin, ReadOnlyAdminMixin, error_text, local_start
 from core.admin_base import next_url
 from ledger.exceptions import LedgerError
+from payments.admin_refunds import refund_view
 from payments.exceptions import PaymentError
 from payments.forms import RecordPaymentForm, SellPackForm
 from payments.models import OutstandingPurchase, Payment, Purchase, PurchaseStatus
@@ -33,7 +35,7 @@ from payments.services import payment_record, purchase_create
 SELL_FIELDS = ("client", "pack", "staff_member")
 DETAIL_FIELDS = (
     "client", "pack", "staff_member", "status", "price", "currency", "created_by", "created_at",
-    "paid_at", "pack_as_bought", "snapshot_json",
+    "paid_at", "refunded_amount", "pack_as_bought", "snapshot_json",
 )
 
 
@@ -70,8 +72,8 @@ class PurchaseAdmin(HistoryExportAdmin):
     list_select_related = ("client",)
     search_fields = ("client__name", "client__email", "pack__name")
     autocomplete_fields = SELL_FIELDS
-    actions_row = ["record_payment"]
-    actions_detail = ["record_payment"]
+    actions_row = ["record_payment", "refund"]
+    actions_detail = ["record_payment", "refund"]
     show_full_result_count = False
 
     def get_queryset(self, request):
@@ -96,10 +98,14 @@ class PurchaseAdmin(HistoryExportAdmin):
     def has_record_payment_permission(self, request, obj=None) -> bool:
         return request.user.has_perm("payments.add_payment")
 
+    def has_refund_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("payments.add_refund")
+
     def get_actions_detail(self, request, object_id):
-        # Only a purchase still waiting for its money offers "Record payment".
-        pending = Purchase.objects.filter(pk=_pk(object_id), status=PurchaseStatus.PENDING).exists()
-        return super().get_actions_detail(request, object_id) if pending else []
+        # A purchase waiting for its money offers "Record payment"; a paid one, "Refund".
+        status = Purchase.objects.filter(pk=_pk(object_id)).values_list("status", flat=True).first()
+        wanted = {PurchaseStatus.PENDING.value: "record_payment", PurchaseStatus.PAID.value: "refund"}.get(status)
+        return [a for a in super().get_actions_detail(request, object_id) if a.method.__name__ == wanted]
 
     @display(description="Pack", ordering="snapshot_name")
     def pack_name(self, obj: Purchase) -> str:
@@ -165,6 +171,10 @@ class PurchaseAdmin(HistoryExportAdmin):
         return record_payment_view(
             self, request, object_id, back=reverse("admin:payments_purchase_change", args=[_pk(object_id)]),
         )
+
+    @action(description="Refund", url_path="refund", icon="undo", permissions=["refund"])
+    def refund(self, request, object_id):
+        return refund_view(self, request, object_id)
 
 
 def _pk(object_id) -> int:
@@ -352,3 +362,6 @@ class OutstandingPurchaseAdmin(ModelAdmin):
         return record_payment_view(
             self, request, object_id, back=reverse("admin:payments_outstandingpurchase_changelist"),
         )
+
+
+from payments import admin_events  # noqa: E402,F401

@@ -12,3 +12,12 @@ class InvalidPurchaseState(PaymentError):
 
 class InvalidPayment(PaymentError):
     pass
+
+
+class InvalidRefund(PaymentError):
+    pass
+
+
+class RefundNotReflected(PaymentError):
+    """A Stripe refund that cannot be reflected yet (its purchase is not known or not paid yet):
+    the webhook event is retried later."""

@@ -18,7 +18,8 @@ from core.models import BusinessSettings, Client
 from core.sessions import session_create
 from ledger.models import ClientBalance, CreditGrant, EntryKind, LedgerEntry
 from ledger.services import credits_adjust
-from payments.models import Payment, Purchase, PurchaseStatus
+from payments.models import Payment, Purchase, PurchaseStatus, StripeEvent
+from payments.refunds import refund_create
 from payments.services import payment_record, purchase_create
 
 
@@ -52,7 +53,9 @@ def populated(db, client_a, client_b, massage, physio, coach, make_pack, sell, s
     booking_create(client=client_a, session=session, actor=staff_user)
     paid = purchase_create(client=client_b, pack=pack, actor=staff_user)
     payment_record(purchase=paid, method="cash", amount=paid.price, actor=staff_user)
+    refund_create(purchase=paid, amount=Decimal("30.00"), reason="goodwill", actor=staff_user)
     purchase_create(client=client_b, pack=pack, actor=staff_user)  # outstanding
+    StripeEvent.objects.create(event_id="evt_admin_pages", type="customer.created", payload={})
     BusinessSettings.current()
     return pack
 

@@ -24,7 +24,7 @@ from core.models import Booking, BusinessSettings, Client, Session, StaffMember
 from core.sessions import session_create
 from ledger.models import ClientBalance, CreditGrant, LedgerEntry
 from ledger.services import credits_adjust
-from payments.models import OutstandingPurchase, Payment, Purchase
+from payments.models import OutstandingPurchase, Payment, Purchase, Refund, StripeEvent
 
 SMALL, LARGE = 10, 500
 _serial = itertools.count()
@@ -149,6 +149,16 @@ def add_payments(world, n: int) -> None:
     )
 
 
+def add_refunds(world, n: int) -> None:
+    before = set(Refund.objects.values_list("purchase_id", flat=True))
+    add_payments(world, n)
+    Refund.objects.bulk_create(
+        Refund(purchase=purchase, amount=Decimal("10.00"), currency="GBP", method="cash", status="succeeded",
+               reason="goodwill", created_by=world["user"])
+        for purchase in Purchase.objects.filter(payments__isnull=False).exclude(pk__in=before)
+    )
+
+
 def add_users(world, n: int) -> None:
     _users(n)
 
@@ -165,6 +175,13 @@ def add_tasks(world, n: int) -> None:
                 queue_name="default", actor_name="expire_credits", args=(), kwargs={}, options={}
             ).encode(),
         )
+        for _ in range(n)
+    )
+
+
+def add_stripe_events(world, n: int) -> None:
+    StripeEvent.objects.bulk_create(
+        StripeEvent(event_id=f"evt_{next(_serial)}", type="checkout.session.completed", payload={}, last_error="x")
         for _ in range(n)
     )
 
@@ -191,6 +208,8 @@ LISTS = {
     Booking: (add_bookings, 6),
     Payment: (add_payments, 4),
     OutstandingPurchase: (add_purchases, 5),  # + the unfiltered total, shown in the header
+    Refund: (add_refunds, 4),  # credits voided: an aggregate in the page's own query
+    StripeEvent: (add_stripe_events, 5),  # + the distinct types for the type filter
 }
 # One row at most: measured on its own below.
 SINGLETONS = {BusinessSettings: 5}

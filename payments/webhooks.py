@@ -1,0 +1,97 @@
+"""POST /stripe/webhook/: verify, store, enqueue. Nothing else happens in the request.
+
+Stripe retries an event until we answer 2xx, so the answer must be quick and must mean "we have
+it": the event is written to the database before the 200, and processing (payments.events)
+runs in a dramatiq worker. A duplicate (Stripe re-sends, or two deliveries race) is answered 200
+and not enqueued again: the first delivery's job, or the sweep, does the work.
+If the queue is down, the event is still stored and acknowledged; the sweep
+(process_pending_stripe_events / manage.py process_stripe_events) picks it up later.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import stripe
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from config.dramatiq import enqueue_on_commit
+from payments.models import StripeEvent
+from payments.tasks import process_stripe_event
+
+logger = logging.getLogger(__name__)
+
+# Stripe's events are a few KB; anything near this is not from Stripe.
+MAX_BODY_BYTES = 512 * 1024
+
+
+def _refuse(status: int, reason: str) -> JsonResponse:
+    return JsonResponse({"error": reason}, status=status)
+
+
+def _declared_length(request: HttpRequest) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+@csrf_exempt
+@require_POST
+def stripe_webhook(request: HttpRequest) -> JsonResponse:
+    if _declared_length(request) > MAX_BODY_BYTES:
+        return _refuse(413, "Payload too large.")
+    body = request.body
+    if len(body) > MAX_BODY_BYTES:
+        return _refuse(413, "Payload too large.")
+    try:
+        # Checks the HMAC over the raw body and the timestamp's age, then parses the JSON.
+        stripe.Webhook.construct_event(
+            body, request.headers.get("Stripe-Signature"), settings.STRIPE_WEBHOOK_SECRET,
+            tolerance=settings.STRIPE_WEBHOOK_TOLERANCE,
+        )
+        payload = json.loads(body)
+    except stripe.SignatureVerificationError as exc:
+        logger.warning("Stripe webhook refused: %s", exc)
+        return _refuse(400, "Invalid signature.")
+    except (ValueError, TypeError, AttributeError) as exc:  # signed, but not a JSON event object
+        logger.warning("Stripe webhook refused: unreadable payload (%s)", exc)
+        return _refuse(400, "Invalid payload.")
+    event_id, event_type = payload.get("id"), payload.get("type")
+    if not (isinstance(event_id, str) and event_id and isinstance(event_type, str) and event_type):
+        return _refuse(400, "Invalid payload: an event needs an id and a type.")
+    if len(event_id) > 255 or len(event_type) > 100:
+        return _refuse(400, "Invalid payload: id or type too long.")
+
+    try:
+        created = _store(payload, event_id, event_type)
+    except Exception:
+        # The job is sent after the INSERT commits, so a send that fails (Redis down) raises
+        # here with the event already stored: acknowledge it, the sweep processes it later.
+        # If the event is not stored, the error stands (a 500) and Stripe delivers it again.
+        if not StripeEvent.objects.filter(event_id=event_id).exists():
+            raise
+        logger.exception("Stripe event %s stored, but not enqueued: left for the sweep", event_id)
+        created = True
+    return JsonResponse({"received": True, "duplicate": not created})
+
+
+def _store(payload: dict, event_id: str, event_type: str) -> bool:
+    """Store the event once; enqueue its job after the INSERT commits. False for a duplicate."""
+    try:
+        with transaction.atomic():
+            event = StripeEvent.objects.create(
+                event_id=event_id, type=event_type, livemode=bool(payload.get("livemode")), payload=payload,
+            )
+            enqueue_on_commit(process_stripe_event, event.pk)
+    except IntegrityError:
+        # Unique event_id: Stripe sent it again, or two deliveries raced. The first one's job
+        # (or the sweep) processes it, so nothing more is enqueued.
+        if StripeEvent.objects.filter(event_id=event_id).exists():
+            return False
+        raise
+    return True
