@@ -216,8 +216,10 @@ def validate_session_type_change(session_type: SessionType, *, archived: bool, r
                 + ", ".join(in_use) + "). Unpublish them or remove the session type from them first."
             ]
     if not requires_credit and session_type.requires_credit:
+        from core.models import Session
         from ledger.models import CreditGrant
 
+        # Name the dependency, so the person knows what to change first.
         if PackCreditLine.objects.filter(session_type=session_type).exists():
             errors["requires_credit"] = [
                 "Cannot switch off 'requires a credit': packs sell credits for this session type."
@@ -225,6 +227,10 @@ def validate_session_type_change(session_type: SessionType, *, archived: bool, r
         elif CreditGrant.objects.filter(session_type=session_type).exists():
             errors["requires_credit"] = [
                 "Cannot switch off 'requires a credit': clients hold credits for this session type."
+            ]
+        elif Session.objects.filter(session_type=session_type).exists():
+            errors["requires_credit"] = [
+                "Cannot switch off 'requires a credit': sessions of this type are booked with credits."
             ]
     if errors:
         raise ValidationError(errors)

@@ -7,9 +7,8 @@ from datetime import datetime
 from django.db.models import (
     BooleanField,
     Exists,
+    F,
     IntegerField,
-    Max,
-    Min,
     OuterRef,
     Q,
     QuerySet,
@@ -33,38 +32,32 @@ class Balance:
     unlimited_until: datetime | None
 
 
-def _grant_stats(client_ids):
-    now = timezone.now()
-    live = CreditGrant.objects.filter(client_id__in=client_ids, state=GrantState.ACTIVE).filter(
-        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
-    )
-    return live.values("client_id", "session_type_id").annotate(
-        next_expiry=Min("expires_at", filter=Q(remaining__gt=0)),
-        unlimited_until=Max("expires_at", filter=Q(unlimited=True)),
-        has_unlimited=Exists(
-            CreditGrant.objects.filter(
-                client_id=OuterRef("client_id"), session_type_id=OuterRef("session_type_id"),
-                state=GrantState.ACTIVE, unlimited=True,
-            ).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        ),
-    )
-
-
 def balances_for_clients(client_ids: list[int]) -> dict[int, list[Balance]]:
-    """Balances per session type for many clients, in two queries whatever their number."""
-    rows = ClientBalance.objects.filter(client_id__in=client_ids).select_related("session_type")
-    stats = {(s["client_id"], s["session_type_id"]): s for s in _grant_stats(client_ids)}
+    """Balances per session type for many clients, in one query whatever their number."""
+    now = timezone.now()
+    live = CreditGrant.objects.filter(
+        client_id=OuterRef("client_id"), session_type_id=OuterRef("session_type_id"), state=GrantState.ACTIVE,
+    ).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+    first = lambda grants: grants.order_by("expires_at").values("expires_at")[:1]  # noqa: E731
+    rows = (
+        ClientBalance.objects.filter(client_id__in=client_ids)
+        .annotate(
+            next_expiry=Subquery(first(live.filter(remaining__gt=0, expires_at__isnull=False))),
+            unlimited_until=Subquery(
+                live.filter(unlimited=True, expires_at__isnull=False).order_by("-expires_at").values("expires_at")[:1]
+            ),
+            has_unlimited=Exists(live.filter(unlimited=True)),
+            session_type_name=F("session_type__name"),
+        )
+        .filter(Q(balance__gt=0) | Q(has_unlimited=True))
+        .order_by("client_id", "session_type__name")
+    )
     result: dict[int, list[Balance]] = {cid: [] for cid in client_ids}
-    seen = set()
-    for row in rows.order_by("client_id", "session_type__name"):
-        s = stats.get((row.client_id, row.session_type_id), {})
-        seen.add((row.client_id, row.session_type_id))
-        if row.balance == 0 and not s.get("has_unlimited"):
-            continue
+    for row in rows:
         result[row.client_id].append(Balance(
-            session_type_id=row.session_type_id, session_type=row.session_type.name,
-            credits=row.balance, next_expiry=s.get("next_expiry"),
-            unlimited=bool(s.get("has_unlimited")), unlimited_until=s.get("unlimited_until"),
+            session_type_id=row.session_type_id, session_type=row.session_type_name,
+            credits=row.balance, next_expiry=row.next_expiry,
+            unlimited=row.has_unlimited, unlimited_until=row.unlimited_until,
         ))
     return result
 

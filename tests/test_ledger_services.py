@@ -149,3 +149,19 @@ def test_ledger_check_command_reports_a_broken_balance(client_a, massage, make_p
     with pytest.raises(Exception, match="ledger check failed"):
         call_command("ledger_check")
     assert "Ada Lovelace" in capsys.readouterr().err
+
+
+def test_balances_for_many_clients_take_one_query(
+    client_a, client_b, massage, physio, make_pack, sell, django_assert_num_queries
+):
+    from ledger.selectors import balances_for_clients
+
+    sell(client_a, make_pack([(massage, False, 5), (physio, True, None)]))
+    sell(client_b, make_pack([(massage, False, 3)]))
+    with django_assert_num_queries(1):
+        balances = balances_for_clients([client_a.pk, client_b.pk])
+    assert [(b.session_type, b.credits, b.unlimited) for b in balances[client_a.pk]] == [
+        ("Massage 60", 5, False), ("Physio", 0, True),
+    ]
+    assert [(b.session_type, b.credits) for b in balances[client_b.pk]] == [("Massage 60", 3)]
+    assert balances[client_a.pk][0].next_expiry is not None

@@ -482,3 +482,27 @@ def test_per_staff_price_is_charged_and_others_pay_the_pack_price(
         client=client_a, pack=pack, actor=staff_user, staff_member=other_coach
     ).price == Decimal("300.00")
     assert purchase_create(client=client_a, pack=pack, actor=staff_user).price == Decimal("300.00")
+
+
+def test_requires_credit_stays_on_while_sessions_of_the_type_exist(category, coach, staff_user):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from core.sessions import session_create
+
+    yoga = SessionType.objects.create(name="Yoga", category=category)
+    coach.session_types.add(yoga)
+    session_create(
+        session_type=yoga, staff_member=coach, starts_at=timezone.now() + timedelta(days=2),
+        actor=staff_user, outside_hours_reason="test diary has no working hours",
+    )
+    with pytest.raises(ValidationError) as caught:
+        session_type_update(session_type=yoga, actor=staff_user, requires_credit=False)
+    assert caught.value.message_dict == {
+        "requires_credit": [
+            "Cannot switch off 'requires a credit': sessions of this type are booked with credits."
+        ]
+    }
+    yoga.refresh_from_db()
+    assert yoga.requires_credit
