@@ -125,6 +125,9 @@ STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "") or (
     "whsec_packdesk_demo_only" if STRIPE_TEST_DOUBLE else ""
 )
 STRIPE_WEBHOOK_TOLERANCE = int(os.environ.get("STRIPE_WEBHOOK_TOLERANCE", "300"))
+# A client's personal link (no password) stays valid this long; a new one can be asked for.
+PORTAL_LINK_MAX_AGE = int(os.environ.get("PORTAL_LINK_MAX_AGE_DAYS", "30")) * 24 * 3600
+
 # Absolute base URL of the public page (Stripe's success / cancel redirects come back here).
 PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 
@@ -155,6 +158,12 @@ else:
             "django_dramatiq.middleware.DbConnectionsMiddleware",
         ],
     }
+# Shared cache (rate limits need one store for every web process): Redis when configured.
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 PACKDESK_INPROCESS_WORKER = env_bool("PACKDESK_INPROCESS_WORKER", not REDIS_URL)
 
 # Expiry sweep: grants per transaction, so bookings never wait long behind its row locks.
