@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only redeem,changelist,expiry] [sizes...]
+"""python -m bench [--quick] [--only redeem,changelist,expiry,webhooks] [sizes...]
 
 Needs DATABASE_URL naming a PostgreSQL database the bench may empty (TRUNCATE) at will.
 """
@@ -19,7 +19,7 @@ from bench.common import (
     setup_django,
 )
 
-MEASUREMENTS = ("redeem", "changelist", "expiry")
+MEASUREMENTS = ("redeem", "changelist", "expiry", "webhooks")
 # (default, --quick) per size option
 SIZES = {
     "clients": (10_000, 500),
@@ -29,6 +29,8 @@ SIZES = {
     "changelist_clients": (50_000, 2_000),
     "requests": (20, 5),
     "expiry_grants": (100_000, 4_000),
+    "webhook_events": (2_000, 200),
+    "webhook_clients": (8, 8),
 }
 
 
@@ -53,6 +55,8 @@ def parse_args(argv):
         "changelist_clients": "clients with balances, for the changelist (default 50000)",
         "requests": "timed requests per changelist page (default 20)",
         "expiry_grants": "due grants for the expiry sweep (default 100000)",
+        "webhook_events": "signed events posted to the webhook, for webhooks (default 2000)",
+        "webhook_clients": "concurrent client threads posting them (default 8)",
     }
     for name, text in helps.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=text)
@@ -66,6 +70,8 @@ def parse_args(argv):
         parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
     if args.workers < 1 or args.redemptions < args.workers:
         parser.error("need at least one worker and one redemption per worker")
+    if args.webhook_clients < 1 or args.webhook_events < 1:
+        parser.error("need at least one webhook client and one event")
     return args
 
 
@@ -105,6 +111,13 @@ def main(argv=None) -> int:
         from bench import expiry
 
         for result in expiry.run(grants=args.expiry_grants, actor=bench_user()):
+            emit(result)
+    if "webhooks" in args.only:
+        from bench import webhooks
+
+        reset_database()
+        for result in webhooks.run(events=args.webhook_events, clients=args.webhook_clients,
+                                   actor=bench_user()):
             emit(result)
     if not args.keep:
         reset_database()
