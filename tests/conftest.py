@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import time, timedelta
 from decimal import Decimal
 
 import pytest
@@ -12,7 +12,8 @@ from django.utils import timezone
 from catalog.models import Category, SessionType
 from catalog.services import pack_create
 from catalog.validation import LineData, StaffPriceData
-from core.models import Client, StaffMember
+from core.models import Client, StaffMember, Weekday, WorkingHours
+from core.sessions import session_create
 from payments.services import purchase_create, purchase_mark_paid
 
 
@@ -108,6 +109,41 @@ def sell(db, staff_user):
         return purchase_mark_paid(purchase=purchase, actor=staff_user, paid_at=paid_at)
 
     return do
+
+
+def work_all_day(staff_member):
+    for weekday in Weekday.values:
+        WorkingHours.objects.create(staff_member=staff_member, weekday=weekday, starts=time(0), ends=time.max)
+
+
+@pytest.fixture
+def diary(coach):
+    """The coach works every hour of every day, so diary tests are about their own rule only."""
+    work_all_day(coach)
+    return coach
+
+
+@pytest.fixture
+def jo(db, massage, django_user_model):
+    member = StaffMember.objects.create(
+        user=django_user_model.objects.create_user("jo"), display_name="Jo Lindqvist"
+    )
+    member.session_types.add(massage)
+    work_all_day(member)
+    return member
+
+
+@pytest.fixture
+def session_at(diary, staff_user, massage):
+    def make(starts_at, *, session_type=massage, staff_member=diary, capacity=1):
+        # Sessions sit wherever the clock puts them, sometimes across midnight: give the reason
+        # the service asks for then, so these tests are about bookings only.
+        return session_create(
+            session_type=session_type, staff_member=staff_member, starts_at=starts_at,
+            capacity=capacity, actor=staff_user, outside_hours_reason="Tests run at any hour",
+        )
+
+    return make
 
 
 @pytest.fixture

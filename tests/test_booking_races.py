@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from core.bookings import booking_cancel, booking_create, booking_mark_no_show
 from core.exceptions import AlreadyBooked, InvalidBookingChange, SessionFull, StaffUnavailable
-from core.models import Booking, BookingStatus, Client, Session, Weekday, WorkingHours
+from core.models import Booking, BookingStatus, Client, Session
 from core.sessions import session_create
 from ledger.integrity import ledger_check
 from ledger.models import ClientBalance, EntryKind, LedgerEntry
@@ -36,13 +36,6 @@ def outcomes(results, expected_error):
     for exc in refused:
         assert isinstance(exc, expected_error), repr(exc)
     return done, refused
-
-
-@pytest.fixture
-def diary(coach):
-    for weekday in Weekday.values:
-        WorkingHours.objects.create(staff_member=coach, weekday=weekday, starts=time(0), ends=time.max)
-    return coach
 
 
 @pytest.fixture

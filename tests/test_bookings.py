@@ -13,8 +13,7 @@ from catalog.models import SessionType
 from catalog.validity import expiry_for
 from core.bookings import booking_cancel, booking_create, booking_mark_attended, booking_mark_no_show
 from core.exceptions import AlreadyBooked, InvalidBookingChange, PermissionRefused, SessionFull
-from core.models import Booking, BookingStatus, Client, StaffMember, Weekday, WorkingHours
-from core.sessions import session_create
+from core.models import Booking, BookingStatus, Client
 from ledger.exceptions import NoCreditAvailable
 from ledger.integrity import ledger_check
 from ledger.models import ClientBalance, EntryKind, LedgerEntry
@@ -41,40 +40,6 @@ def ledger_balances_after_each_scenario(db):
 
 def from_now(**delta) -> datetime:
     return timezone.now() + timedelta(**delta)
-
-
-def work_all_day(staff_member):
-    for weekday in Weekday.values:
-        WorkingHours.objects.create(staff_member=staff_member, weekday=weekday, starts=time(0), ends=time.max)
-
-
-@pytest.fixture
-def diary(coach):
-    work_all_day(coach)
-    return coach
-
-
-@pytest.fixture
-def jo(db, massage, django_user_model):
-    member = StaffMember.objects.create(
-        user=django_user_model.objects.create_user("jo"), display_name="Jo Lindqvist"
-    )
-    member.session_types.add(massage)
-    work_all_day(member)
-    return member
-
-
-@pytest.fixture
-def session_at(diary, staff_user, massage):
-    def make(starts_at, *, session_type=massage, staff_member=diary, capacity=1):
-        # Sessions sit wherever the clock puts them, sometimes across midnight: give the reason
-        # the service asks for then, so these tests are about bookings only.
-        return session_create(
-            session_type=session_type, staff_member=staff_member, starts_at=starts_at,
-            capacity=capacity, actor=staff_user, outside_hours_reason="Booking tests run at any hour",
-        )
-
-    return make
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ An on-the-spot sale is a pending purchase whose one reserved credit holds the bo
 of its credits are issued when the payment is recorded. Until then it is an outstanding payment.
 "Restrict to" (new joiners, active members) is checked here too, when a pack is sold.
 """
-from datetime import time, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -15,8 +15,7 @@ from catalog.services import pack_update
 from catalog.validation import LineData
 from core.bookings import booking_cancel, booking_create, booking_mark_no_show
 from core.exceptions import InvalidBookingChange
-from core.models import Booking, BookingStatus, BusinessSettings, StaffMember, Weekday, WorkingHours
-from core.sessions import session_create
+from core.models import Booking, BookingStatus, BusinessSettings
 from ledger.exceptions import NoCreditAvailable
 from ledger.integrity import ledger_check
 from ledger.models import ClientBalance, CreditGrant, EntryKind, LedgerEntry
@@ -47,37 +46,6 @@ def ledger_balances_after_each_scenario(db):
 
 def from_now(**delta):
     return timezone.now() + timedelta(**delta)
-
-
-def work_all_day(staff_member):
-    for weekday in Weekday.values:
-        WorkingHours.objects.create(staff_member=staff_member, weekday=weekday, starts=time(0), ends=time.max)
-
-
-@pytest.fixture
-def diary(coach):
-    work_all_day(coach)
-    return coach
-
-
-@pytest.fixture
-def jo(db, massage, django_user_model):
-    member = StaffMember.objects.create(user=django_user_model.objects.create_user("jo"), display_name="Jo Lindqvist")
-    member.session_types.add(massage)
-    work_all_day(member)
-    return member
-
-
-@pytest.fixture
-def session_at(diary, staff_user, massage):
-    def make(starts_at, *, session_type=massage, staff_member=diary, capacity=1):
-        # Placed wherever the clock puts them (sometimes across midnight): give the reason asked for.
-        return session_create(
-            session_type=session_type, staff_member=staff_member, starts_at=starts_at,
-            capacity=capacity, actor=staff_user, outside_hours_reason="Desk tests run at any hour",
-        )
-
-    return make
 
 
 @pytest.fixture
