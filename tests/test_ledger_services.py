@@ -2,13 +2,13 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
-from django.db import IntegrityError, InternalError, connection, transaction
+from django.db import connection, transaction
 from django.db.utils import DatabaseError
 from django.utils import timezone
 
 from ledger.exceptions import InvalidAdjustment, NoCreditAvailable, PurchaseNotPaid
 from ledger.integrity import ledger_check
-from ledger.models import ClientBalance, CreditGrant, EntryKind, GrantState, LedgerEntry
+from ledger.models import ClientBalance, EntryKind, GrantState, LedgerEntry
 from ledger.selectors import balances_for_client
 from ledger.services import (
     credit_redeem,
