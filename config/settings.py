@@ -127,6 +127,23 @@ STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "") or (
 STRIPE_WEBHOOK_TOLERANCE = int(os.environ.get("STRIPE_WEBHOOK_TOLERANCE", "300"))
 # A client's personal link (no password) stays valid this long; a new one can be asked for.
 PORTAL_LINK_MAX_AGE = int(os.environ.get("PORTAL_LINK_MAX_AGE_DAYS", "30")) * 24 * 3600
+# Asking for a new link by email (/me/link/), per hour: requests per email address and per IP.
+PORTAL_LINK_REQUESTS_PER_EMAIL = int(os.environ.get("PORTAL_LINK_REQUESTS_PER_EMAIL", "3"))
+PORTAL_LINK_REQUESTS_PER_IP = int(os.environ.get("PORTAL_LINK_REQUESTS_PER_IP", "10"))
+# Reverse proxies in front of gunicorn that append to X-Forwarded-For (0: none, use REMOTE_ADDR).
+# Behind one, REMOTE_ADDR is the proxy's, and every client would share one per-IP limit.
+TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
+
+# Emails to clients (their personal link, later the reminders) go through Django's email backend.
+# The demo prints them on the console; production sets an SMTP (or provider) backend and its EMAIL_* settings.
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Packdesk <noreply@packdesk.localhost>")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = int(os.environ.get("EMAIL_TIMEOUT", "10"))  # a stuck SMTP server must not hang a request
 
 # Absolute base URL of the public page (Stripe's success / cancel redirects come back here).
 PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")

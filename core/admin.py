@@ -38,6 +38,7 @@ from core.admin_base import (  # noqa: F401
     local_start,
 )
 from core.admin_display import booking_rows, bookings_for_client
+from core.admin_portal_link import SendPortalLinkMixin
 from core.forms import AdjustCreditsForm, LedgerFilterForm
 from core.models import PLACE_HOLDING, BusinessSettings, Client, Session, StaffMember, TimeOff, WorkingHours
 from core.roles import adjust_refusal
@@ -123,14 +124,15 @@ class ArchivedFilter(admin.SimpleListFilter):
 
 
 @admin.register(Client)
-class ClientAdmin(HistoryImportExportAdmin):
+class ClientAdmin(SendPortalLinkMixin, HistoryImportExportAdmin):
     resource_classes = [ClientResource]
     list_display = ("name", "email", "phone", "credits", "archived")
     list_filter = (ArchivedFilter,)
     search_fields = ("name", "email", "phone")
     fields = ("name", "email", "phone", "notes", "archived", "created_at")
     readonly_fields = ("created_at",)
-    actions_detail = ["adjust_credits"]
+    actions_detail = ["adjust_credits", "send_portal_link"]
+    actions = ["send_portal_link_selected"]
     # Balances and bookings first: they are what the desk opens a client for, not the edit form.
     change_form_outer_before_template = "admin/core/client/credits_section.html"
 

@@ -25,6 +25,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from catalog.models import CreditPack, PackCreditLine, PackStaffPrice, RestrictTo, ValidFrom
 from catalog.validation import ZERO_DECIMAL_CURRENCIES
+from core.portal_tokens import portal_url
 from ledger.models import CreditGrant, EntrySource, GrantState
 from ledger.templatetags.credits import last_usable_day
 from payments import stripe_double
@@ -273,6 +274,8 @@ def checkout_success(request: HttpRequest) -> HttpResponse:
         "refresh": pending and timezone.now() - purchase.created_at < CONFIRMING_REFRESH_FOR,
         "starts_later": purchase.snapshot.get("valid_from") in (ValidFrom.BOOKING, ValidFrom.FIRST_SESSION),
         "starts_words": VALID_FROM_WORDS.get(purchase.snapshot.get("valid_from"), ""),
+        # The payer's own page; only ever this purchase's client (the Stripe session id names it).
+        "portal_url": portal_url(purchase.client),
     }
     response = _page(request, "public/success.html", context)
     response["X-Robots-Tag"] = "noindex"

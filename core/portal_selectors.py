@@ -1,0 +1,155 @@
+"""Reads for the client's own page (/me/<token>/): their credits, bookings and open sessions.
+
+Every query is scoped to one client and runs a fixed number of times per page, whatever the
+number of bookings, grants or sessions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from core.models import PLACE_HOLDING, Booking, BookingStatus, Client, Session
+from ledger.models import CreditGrant, GrantState
+from ledger.selectors import Balance, balances_for_client
+
+BOOKING_HORIZON = timedelta(weeks=4)
+PAST_SHOWN = 20  # the page is for what comes next; the full history is at the front desk
+
+
+@dataclass
+class PackOffer:
+    session_type: str
+    packs: list[tuple[int, str]]  # (pack id, pack name) on the public page
+
+
+@dataclass
+class ClientPage:
+    balances: list[Balance]
+    upcoming: list[Booking]
+    past: list[Booking]
+    offers: list[PackOffer] = field(default_factory=list)
+
+
+def _bookings(client: Client) -> QuerySet[Booking]:
+    # The used entry's grant's purchase carries the snapshot that names the pack a visit used.
+    return Booking.objects.filter(client=client).select_related(
+        "session__session_type", "session__staff_member", "used_entry__grant__purchase"
+    )
+
+
+def credit_label(booking: Booking) -> str:
+    """Which credit paid for a visit, in the client's words (the pack as it was bought)."""
+    entry = booking.used_entry
+    if entry is None:
+        return "No credit needed"
+    purchase = entry.grant.purchase
+    if purchase is None:
+        return "Credit added by the studio"
+    name = (purchase.snapshot or {}).get("name") or "your pack"
+    return f"1 credit from {name}" if not entry.grant.unlimited else f"Membership: {name}"
+
+
+def _offers(balances: list[Balance]) -> list[PackOffer]:
+    """Packs on the public page that give a credit for a session type the client has none of."""
+    from payments.public_views import packs_on_sale  # payments builds on core; imported late
+
+    held = {b.session_type_id for b in balances if b.credits > 0 or b.unlimited}
+    offers: dict[int, PackOffer] = {}
+    for pack in packs_on_sale():
+        for line in pack.credit_lines.all():
+            if line.session_type_id in held:
+                continue
+            offer = offers.setdefault(line.session_type_id, PackOffer(line.session_type.name, []))
+            offer.packs.append((pack.pk, pack.name))
+    return sorted(offers.values(), key=lambda o: o.session_type)
+
+
+def client_page(client: Client) -> ClientPage:
+    now = timezone.now()
+    balances = balances_for_client(client.pk)
+    upcoming = list(
+        _bookings(client).filter(status=BookingStatus.BOOKED, session__starts_at__gt=now)
+        .order_by("session__starts_at", "id")
+    )
+    # Past visits and late cancellations: both used a credit. In-time cancellations gave it back.
+    past = list(
+        _bookings(client).exclude(status=BookingStatus.CANCELLED)
+        .exclude(status=BookingStatus.BOOKED, session__starts_at__gt=now)
+        .order_by("-session__starts_at", "-id")[:PAST_SHOWN]
+    )
+    return ClientPage(balances=balances, upcoming=upcoming, past=past, offers=_offers(balances))
+
+
+def _usable_credit(client: Client) -> Exists:
+    """A grant of this client that the ledger could redeem for the outer session.
+
+    Mirrors ledger.services._usable_grants: active, credits left or unlimited, staff allowed,
+    inside the window at the session's start (or a window that opens on first use).
+    """
+    staff_ok = Q(all_staff=True) | Exists(
+        CreditGrant.allowed_staff.through.objects.filter(
+            creditgrant_id=OuterRef("pk"), staffmember_id=OuterRef(OuterRef("staff_member_id"))
+        )
+    )
+    return Exists(
+        CreditGrant.objects.filter(
+            client=client, session_type_id=OuterRef("session_type_id"), state=GrantState.ACTIVE,
+        )
+        .filter(Q(unlimited=True) | Q(remaining__gt=0))
+        .filter(staff_ok)
+        .filter(Q(valid_from__isnull=True) | Q(valid_from__lte=OuterRef("starts_at")))
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=OuterRef("starts_at")))
+    )
+
+
+def open_sessions(client: Client) -> QuerySet[Session]:
+    """Sessions in the next four weeks with a place left that this client could pay for."""
+    now = timezone.now()
+    mine = Booking.objects.filter(session_id=OuterRef("pk"), client=client, status__in=PLACE_HOLDING)
+    return (
+        Session.objects.filter(starts_at__gt=now, starts_at__lte=now + BOOKING_HORIZON, staff_member__active=True)
+        .annotate(taken=Count("bookings", filter=Q(bookings__status__in=PLACE_HOLDING)))
+        .annotate(places_left=F("capacity") - F("taken"))
+        .filter(places_left__gt=0)
+        .filter(_usable_credit(client))
+        .exclude(Exists(mine))
+        .select_related("session_type", "staff_member")
+        .order_by("starts_at", "id")
+    )
+
+
+@dataclass
+class BookPage:
+    sessions: list[Session]
+    session_types: list[tuple[int, str]]
+    staff: list[tuple[int, str]]
+
+
+def book_page(client: Client, *, session_type_id: int | None, staff_id: int | None) -> BookPage:
+    """Open sessions, filtered; the filter choices come from the unfiltered list (two queries)."""
+    base = open_sessions(client)
+    choices = list(
+        base.values_list("session_type_id", "session_type__name", "staff_member_id", "staff_member__display_name")
+    )
+    sessions = base
+    if session_type_id:
+        sessions = sessions.filter(session_type_id=session_type_id)
+    if staff_id:
+        sessions = sessions.filter(staff_member_id=staff_id)
+    return BookPage(
+        sessions=list(sessions),
+        session_types=sorted({(t, n) for t, n, _, _ in choices}, key=lambda c: c[1]),
+        staff=sorted({(s, n) for _, _, s, n in choices}, key=lambda c: c[1]),
+    )
+
+
+def booking_of(client: Client, booking_id: int) -> Booking | None:
+    """The client's own booking, or None: asked by client AND id, so another's is never found."""
+    return (
+        Booking.objects.filter(client=client, pk=booking_id)
+        .select_related("session__session_type", "session__staff_member", "used_entry__grant__purchase")
+        .first()
+    )

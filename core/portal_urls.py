@@ -1,0 +1,29 @@
+"""The client's own page, mounted at /me/ (config/urls.py). /me/link/ is core.portal_link's."""
+from django.urls import path, register_converter
+
+from core import portal_link_views, portal_views
+
+app_name = "portal"
+
+
+class TokenConverter:
+    # Any segment but "link": /me/link/ is the "ask for a new link" page, wherever it is mounted.
+    regex = r"(?!link/)[^/]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(TokenConverter, "portal_token")
+
+urlpatterns = [
+    path("link/", portal_link_views.link_request, name="link_request"),
+    path("<portal_token:token>/", portal_views.home, name="home"),
+    path("<portal_token:token>/book/", portal_views.book_list, name="book_list"),
+    # str, not int: a mangled id gets the portal's own "not found" page, not the bare 404.
+    path("<portal_token:token>/book/<str:session_id>/", portal_views.book, name="book"),
+    path("<portal_token:token>/bookings/<str:booking_id>/cancel/", portal_views.cancel, name="cancel"),
+]
