@@ -9,6 +9,7 @@ import logging
 import threading
 
 import dramatiq
+import redis
 from django.conf import settings
 from django.db import transaction
 
@@ -21,8 +22,19 @@ def enqueue_on_commit(actor: dramatiq.Actor, *args, **kwargs) -> None:
     """Send a message only once the surrounding transaction has committed.
 
     A job never sees rows that were rolled back, nor runs before the rows it needs exist.
+    If the broker is unreachable the write has already committed: the error is logged, not
+    raised (it would turn a saved change into an error page, and stop later on_commit
+    callbacks). Every job has a periodic sweep (config/schedule.py) that finds the work again.
     """
-    transaction.on_commit(lambda: actor.send(*args, **kwargs))
+
+    def send() -> None:
+        try:
+            actor.send(*args, **kwargs)
+        except (dramatiq.errors.BrokerError, redis.exceptions.RedisError, OSError):
+            logger.exception("job %s not enqueued (broker unreachable): left for its periodic sweep",
+                             actor.actor_name)
+
+    transaction.on_commit(send)
 
 
 def start_inprocess_worker() -> dramatiq.Worker | None:

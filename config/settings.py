@@ -49,6 +49,9 @@ INSTALLED_APPS = [
     "ledger",
     "payments",
     "reports",
+    # The scheduler (`manage.py crontab`). After core, whose crontab command (the library's, plus
+    # our config.schedule) must win: Django takes a command from the first app that has it.
+    "dramatiq_crontab",
 ]
 
 MIDDLEWARE = [
@@ -161,6 +164,8 @@ if REDIS_URL:
             "dramatiq.middleware.Callbacks",
             "dramatiq.middleware.Retries",
             "django_dramatiq.middleware.DbConnectionsMiddleware",
+            # Keeps the last failure's traceback with a dead message (admin: Tasks > Dead letters).
+            "config.dead_letters.DeadLetterFailure",
         ],
     }
 else:
@@ -173,6 +178,8 @@ else:
             "dramatiq.middleware.Callbacks",
             "dramatiq.middleware.Retries",
             "django_dramatiq.middleware.DbConnectionsMiddleware",
+            # Keeps the last failure's traceback with a dead message (admin: Tasks > Dead letters).
+            "config.dead_letters.DeadLetterFailure",
         ],
     }
 # Shared cache (rate limits need one store for every web process): Redis when configured.
@@ -182,6 +189,12 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 PACKDESK_INPROCESS_WORKER = env_bool("PACKDESK_INPROCESS_WORKER", not REDIS_URL)
+# The demo also runs the periodic jobs (config/schedule.py) in a thread of the web process;
+# production runs `manage.py crontab` as its own process instead.
+PACKDESK_INPROCESS_SCHEDULER = env_bool("PACKDESK_INPROCESS_SCHEDULER", PACKDESK_INPROCESS_WORKER)
+# With Redis the scheduler holds a Redis lock, so a second `manage.py crontab` waits instead of
+# sending every job twice. Cron expressions are read in TIME_ZONE (the business's time zone).
+DRAMATIQ_CRONTAB = {"REDIS_URL": REDIS_URL or None}
 
 # Expiry sweep: grants per transaction, so bookings never wait long behind its row locks.
 LEDGER_EXPIRY_BATCH_SIZE = int(os.environ.get("LEDGER_EXPIRY_BATCH_SIZE", "2000"))
@@ -206,5 +219,7 @@ LOGGING = {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # The SDK logs every request at INFO; keep its warnings and errors only.
         "stripe": {"level": "WARNING"},
+        # The scheduler logs every run (its lock is renewed every 5 s); keep failures only.
+        "apscheduler.executors.default": {"level": "WARNING"},
     },
 }

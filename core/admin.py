@@ -129,8 +129,8 @@ class ClientAdmin(SendPortalLinkMixin, HistoryImportExportAdmin):
     list_display = ("name", "email", "phone", "credits", "archived")
     list_filter = (ArchivedFilter,)
     search_fields = ("name", "email", "phone")
-    fields = ("name", "email", "phone", "notes", "archived", "created_at")
-    readonly_fields = ("created_at",)
+    fields = ("name", "email", "phone", "notes", "archived", "nudges_opt_out", "nudges_opted_out_at", "created_at")
+    readonly_fields = ("created_at", "nudges_opted_out_at")
     actions_detail = ["adjust_credits", "send_portal_link"]
     actions = ["send_portal_link_selected"]
     # Balances and bookings first: they are what the desk opens a client for, not the edit form.
@@ -306,7 +306,11 @@ class BusinessSettingsAdmin(HistoryAdmin):
     """The one row of settings: edited, never added twice or deleted."""
 
     list_display = ("name", "prepaid_only")
-    fields = ("name", "prepaid_only")
+    fields = (
+        "name", "prepaid_only",
+        # Each client nudge (and the staff note) can be switched off for the whole business.
+        "nudge_booking_reminder", "nudge_expiry_reminder", "nudge_next_pack", "nudge_staff_credits_issued",
+    )
     show_full_result_count = False
 
     # Never added by hand: the row is made on first use (below). Not "add while none exists"
@@ -325,3 +329,7 @@ class BusinessSettingsAdmin(HistoryAdmin):
 
 # Registered here because Django's autodiscovery imports only core.admin.
 from core import admin_bookings, admin_sessions  # noqa: E402,F401
+from core import notification_admin  # noqa: E402,F401
+
+# The dead-letter page on dramatiq's Tasks admin (re-registers Task with it).
+from core import admin_jobs  # noqa: E402,F401

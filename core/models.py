@@ -15,6 +15,12 @@ class Client(models.Model):
     archived = models.BooleanField(
         default=False, help_text="Hidden from daily lists; credits owed are unaffected."
     )
+    # Set by the client from the link in every reminder email (core.optout_views); honoured by
+    # core.emails.email_send for every client nudge. Transactional emails still go.
+    nudges_opt_out = models.BooleanField(
+        default=False, help_text="The client asked for no reminder emails (booking, expiry, next pack)."
+    )
+    nudges_opted_out_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     history = HistoricalRecords()
@@ -70,6 +76,19 @@ class BusinessSettings(models.Model):
     prepaid_only = models.BooleanField(
         default=False,
         help_text="Refuse to book a client before their pack is paid (no selling on the spot).",
+    )
+    # One switch per NudgeKind (field name: f"nudge_{kind}"), read by core.emails.nudge_enabled.
+    nudge_booking_reminder = models.BooleanField(
+        default=True, help_text="Email a client 24 hours after a purchase when nothing is booked yet.",
+    )
+    nudge_expiry_reminder = models.BooleanField(
+        default=True, help_text="Email a client 7 days before their credits expire while some remain.",
+    )
+    nudge_next_pack = models.BooleanField(
+        default=True, help_text="Ask a client \"ready for another pack?\" when their last credit is used.",
+    )
+    nudge_staff_credits_issued = models.BooleanField(
+        default=True, help_text="Tell the staff member (email and admin notification) when credits are issued.",
     )
 
     history = HistoricalRecords()
@@ -231,3 +250,75 @@ class Booking(models.Model):
 
     def __str__(self) -> str:
         return f"{self.client.name} — {self.session}"
+
+
+# --- Notifications (issue 6): every email sent, and notes for staff in the admin -----------------
+
+
+class NudgeKind(models.TextChoices):
+    BOOKING_REMINDER = "booking_reminder", "Book your first session (24 hours after purchase)"
+    EXPIRY_REMINDER = "expiry_reminder", "Credits expire in 7 days"
+    NEXT_PACK = "next_pack", "Ready for another pack?"
+    STAFF_CREDITS_ISSUED = "staff_credits_issued", "Credits issued (to the staff member)"
+
+
+class EmailStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+
+
+class EmailLog(models.Model):
+    """One row per email the system meant to send (core.emails.email_send writes every one).
+
+    dedupe_key is the at-most-once guarantee: the row is inserted in the same transaction as the
+    work that asks for the email, and a second insert with the same key fails on the unique index,
+    whoever runs it and however many times.
+    """
+
+    recipient = models.EmailField(max_length=254)
+    template = models.CharField(max_length=100)
+    subject = models.CharField(max_length=300, blank=True)
+    client = models.ForeignKey(Client, on_delete=models.SET_NULL, null=True, blank=True, related_name="emails")
+    # What the email is about: "purchase", "grant", "booking" and its id (no FK: any app's row).
+    related_type = models.CharField(max_length=30, blank=True)
+    related_id = models.BigIntegerField(null=True, blank=True)
+    nudge_kind = models.CharField(max_length=30, choices=NudgeKind.choices, blank=True)
+    dedupe_key = models.CharField(max_length=200, unique=True, null=True, blank=True)
+    status = models.CharField(max_length=10, choices=EmailStatus.choices, default=EmailStatus.QUEUED)
+    reason = models.CharField(max_length=200, blank=True, help_text="Why it was skipped.")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "email"
+        indexes = [
+            models.Index(fields=["-created_at", "-id"], name="emaillog_created_idx"),
+            models.Index(fields=["related_type", "related_id"], name="emaillog_related_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.template} to {self.recipient} ({self.status})"
+
+
+class StaffNotification(models.Model):
+    """A note for a staff member shown in the admin (credits issued to one of their clients...)."""
+
+    staff_member = models.ForeignKey(StaffMember, on_delete=models.CASCADE, related_name="notifications")
+    text = models.CharField(max_length=500)
+    related_type = models.CharField(max_length=30, blank=True)
+    related_id = models.BigIntegerField(null=True, blank=True)
+    # Same at-most-once key as EmailLog's, for the admin note that goes with a staff email.
+    dedupe_key = models.CharField(max_length=200, unique=True, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["staff_member", "read_at"], name="staffnote_member_read_idx")]
+
+    def __str__(self) -> str:
+        return self.text

@@ -1,7 +1,7 @@
 """The client's own page, mounted at /me/ (config/urls.py). /me/link/ is core.portal_link's."""
 from django.urls import path, register_converter
 
-from core import portal_link_views, portal_views
+from core import optout_views, portal_link_views, portal_views
 
 app_name = "portal"
 
@@ -21,6 +21,7 @@ register_converter(TokenConverter, "portal_token")
 
 urlpatterns = [
     path("link/", portal_link_views.link_request, name="link_request"),
+    path("opt-out/<str:token>/", optout_views.opt_out, name="opt_out"),
     path("<portal_token:token>/", portal_views.home, name="home"),
     path("<portal_token:token>/book/", portal_views.book_list, name="book_list"),
     # str, not int: a mangled id gets the portal's own "not found" page, not the bare 404.

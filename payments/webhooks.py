@@ -71,16 +71,10 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
     if len(event_id) > 255 or len(event_type) > 100:
         return _refuse(400, "Invalid payload: id or type too long.")
 
-    try:
-        created = _store(payload, event_id, event_type)
-    except Exception:
-        # The job is sent after the INSERT commits, so a send that fails (Redis down) raises
-        # here with the event already stored: acknowledge it, the sweep processes it later.
-        # If the event is not stored, the error stands (a 500) and Stripe delivers it again.
-        if not StripeEvent.objects.filter(event_id=event_id).exists():
-            raise
-        logger.exception("Stripe event %s stored, but not enqueued: left for the sweep", event_id)
-        created = True
+    # The job is sent after the INSERT commits; if Redis is down, enqueue_on_commit logs it and
+    # the event stays pending for the sweep. If the INSERT fails, the error stands (a 500) and
+    # Stripe delivers the event again.
+    created = _store(payload, event_id, event_type)
     return JsonResponse({"received": True, "duplicate": not created})
 
 

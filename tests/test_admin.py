@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from catalog.models import CreditPack, SessionType
 from core.bookings import booking_create
-from core.models import BusinessSettings, Client
+from core.models import BusinessSettings, Client, EmailLog, StaffNotification
 from core.sessions import session_create
 from ledger.models import ClientBalance, CreditGrant, EntryKind, LedgerEntry
 from ledger.services import credits_adjust
@@ -57,6 +57,8 @@ def populated(db, client_a, client_b, massage, physio, coach, make_pack, sell, s
     purchase_create(client=client_b, pack=pack, actor=staff_user)  # outstanding
     StripeEvent.objects.create(event_id="evt_admin_pages", type="customer.created", payload={})
     BusinessSettings.current()
+    EmailLog.objects.create(recipient=client_a.email, template="booking_reminder", client=client_a, status="sent")
+    StaffNotification.objects.create(staff_member=coach, text="Credits issued to Ada Lovelace")
     return pack
 
 

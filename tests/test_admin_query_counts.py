@@ -20,7 +20,7 @@ from dramatiq import Message
 from catalog.models import Category, CreditPack, PackCreditLine, PackStaffPrice, SessionType
 from catalog.services import pack_snapshot
 from core.bookings import booking_create
-from core.models import Booking, BusinessSettings, Client, Session, StaffMember
+from core.models import Booking, BusinessSettings, Client, EmailLog, Session, StaffMember, StaffNotification
 from core.sessions import session_create
 from ledger.models import ClientBalance, CreditGrant, LedgerEntry
 from ledger.services import credits_adjust
@@ -186,6 +186,23 @@ def add_stripe_events(world, n: int) -> None:
     )
 
 
+def add_email_logs(world, n: int) -> None:
+    clients = _clients(n)
+    EmailLog.objects.bulk_create(
+        EmailLog(recipient=c.email, template="booking_reminder", subject="Book", client=c, related_type="purchase",
+                 related_id=i, nudge_kind="booking_reminder", dedupe_key=f"k{next(_serial)}", status="sent")
+        for i, c in enumerate(clients)
+    )
+
+
+def add_staff_notifications(world, n: int) -> None:
+    StaffNotification.objects.bulk_create(
+        StaffNotification(staff_member=world["coach"], text=f"Credits issued {next(_serial)}", related_type="purchase",
+                          related_id=1)
+        for _ in range(n)
+    )
+
+
 # Each registered model: how to add rows, and the queries its list runs (measured): session,
 # user, count, the page of rows, plus one per related-model filter. None depends on the rows.
 LISTS = {
@@ -210,6 +227,8 @@ LISTS = {
     OutstandingPurchase: (add_purchases, 5),  # + the unfiltered total, shown in the header
     Refund: (add_refunds, 4),  # credits voided: an aggregate in the page's own query
     StripeEvent: (add_stripe_events, 5),  # + the distinct types for the type filter
+    EmailLog: (add_email_logs, 5),  # + the distinct templates for the template filter
+    StaffNotification: (add_staff_notifications, 5),  # + the staff members for the filter
 }
 # One row at most: measured on its own below.
 SINGLETONS = {BusinessSettings: 5}

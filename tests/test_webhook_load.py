@@ -205,7 +205,7 @@ def test_1000_events_from_8_clients_with_the_queue_down_are_stored_once_then_cre
     assert StripeEvent.objects.values("event_id").distinct().count() == DISTINCT
     # The queue was down: nothing sent, nothing processed, nothing paid yet.
     assert set(StripeEvent.objects.values_list("status", flat=True)) == {StripeEventStatus.PENDING}
-    assert caplog.text.count("stored, but not enqueued: left for the sweep") == DISTINCT
+    assert caplog.text.count("job process_stripe_event not enqueued (broker unreachable)") == DISTINCT
     assert queue_down.client.hlen("dramatiq:default.msgs") == 0
     assert not Payment.objects.exists() and not LedgerEntry.objects.exists()
 

@@ -268,7 +268,7 @@ def test_queue_down_event_is_still_stored_and_acknowledged_then_the_sweep_proces
         assert response.json() == {"received": True, "duplicate": False}
     assert set(StripeEvent.objects.values_list("status", flat=True)) == {StripeEventStatus.PENDING}
     assert redis_broker.client.hlen("dramatiq:default.msgs") == 0
-    assert caplog.text.count("stored, but not enqueued: left for the sweep") == 2
+    assert caplog.text.count("job process_stripe_event not enqueued (broker unreachable)") == 2
 
     # The sweep leaves events younger than its minimum age to the queue...
     assert process_pending_stripe_events() == "0 processed, 0 ignored, 0 failed"
