@@ -28,7 +28,8 @@ SIZES = {
     "warmup": (50, 10),
     "changelist_clients": (50_000, 2_000),
     "requests": (20, 5),
-    "expiry_grants": (100_000, 4_000),
+    "expiry_grants": (200_000, 4_000),
+    "expiry_total": (1_000_000, 20_000),
     "webhook_events": (2_000, 200),
     "webhook_clients": (8, 8),
 }
@@ -54,7 +55,8 @@ def parse_args(argv):
         "warmup": "unmeasured redemptions per worker before the start (default 50)",
         "changelist_clients": "clients with balances, for the changelist (default 50000)",
         "requests": "timed requests per changelist page (default 20)",
-        "expiry_grants": "due grants for the expiry sweep (default 100000)",
+        "expiry_grants": "due grants for the expiry sweep (default 200000)",
+        "expiry_total": "all grants, due or not, for the expiry sweep (default 1000000)",
         "webhook_events": "signed events posted to the webhook, for webhooks (default 2000)",
         "webhook_clients": "concurrent client threads posting them (default 8)",
     }
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
     if "expiry" in args.only:
         from bench import expiry
 
-        for result in expiry.run(grants=args.expiry_grants, actor=bench_user()):
+        for result in expiry.run(grants=args.expiry_grants, total=args.expiry_total, actor=bench_user()):
             emit(result)
     if "webhooks" in args.only:
         from bench import webhooks

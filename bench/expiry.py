@@ -28,7 +28,7 @@ SELECT c.id, %(session_type)s::bigint, 1 + (c.id + k) %% 10, %(issued)s::timesta
        CASE WHEN k < %(due)s THEN %(past)s::timestamptz - k * interval '1 hour'
             ELSE %(future)s::timestamptz END,
        k
-FROM core_client c CROSS JOIN generate_series(0, %(due)s) AS k
+FROM core_client c CROSS JOIN generate_series(0, %(per_client)s - 1) AS k
 """
 # The same statements as ledger.services' sweep, over every due grant at once.
 _EXPIRED_ENTRY_EXPRS = {
@@ -73,19 +73,23 @@ def _baseline_statements(now) -> list[tuple[str, dict]]:
     ]
 
 
-def _seed(grants: int, actor) -> None:
+def _seed(grants: int, total: int, actor) -> None:
+    """`grants` due among `total` grants: each client holds DUE_PER_CLIENT due ones and the
+    rest still valid, so the sweep must find the due rows among many that are not."""
     from django.utils import timezone
 
     from catalog.models import Category, SessionType
 
     now = timezone.now()
     clients = max(1, grants // DUE_PER_CLIENT)
+    per_client = max(DUE_PER_CLIENT + 1, total // clients)
     seed_clients(clients, actor_id=actor.pk, now=now - timedelta(days=200))
     category = Category.objects.create(name="Classes")
     reformer = SessionType.objects.create(name="Reformer class", category=category)
     seed_adjusted_credits(
         _PLAN_SQL,
         {"session_type": reformer.pk, "issued": now - timedelta(days=100), "due": DUE_PER_CLIENT,
+         "per_client": per_client,
          "past": now - timedelta(days=1), "future": now + timedelta(days=30)},
         actor_id=actor.pk, note="Bench: credits about to expire",
     )
@@ -98,7 +102,7 @@ def _due_count(now) -> int:
     return CreditGrant.objects.filter(state=GrantState.ACTIVE, expires_at__lte=now).count()
 
 
-def run(*, grants: int, actor) -> list[Result]:
+def run(*, grants: int, total: int, actor) -> list[Result]:
     from django.conf import settings
     from django.utils import timezone
 
@@ -107,8 +111,8 @@ def run(*, grants: int, actor) -> list[Result]:
     timings = {}
     for kind in ("service", "sql"):
         reset_database()
-        log(f"expiry: seeding {grants} due grants (set-based) for the {kind} sweep")
-        _seed(grants, actor)
+        log(f"expiry: seeding {grants} due among {total} grants (set-based) for the {kind} sweep")
+        _seed(grants, total, actor)
         assert_ledger_ok(f"expiry seed ({kind})")
         now = timezone.now()
         due = _due_count(now)
@@ -126,4 +130,6 @@ def run(*, grants: int, actor) -> list[Result]:
             raise SystemExit(f"bench: {kind} sweep expired {expired} of {due} due grants")
         assert_ledger_ok(f"expiry ({kind})")
     log(f"expiry: service batch size {settings.LEDGER_EXPIRY_BATCH_SIZE}")
-    return [Result(f"expire_due_{due}", timings["service"], "s", timings["sql"])]
+    from ledger.models import CreditGrant
+
+    return [Result(f"expire_due_{due}_of_{CreditGrant.objects.count()}", timings["service"], "s", timings["sql"])]
