@@ -5,7 +5,9 @@ import os
 from datetime import time, timedelta
 from decimal import Decimal
 
+import dramatiq
 import pytest
+from dramatiq.brokers.redis import RedisBroker
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
@@ -144,6 +146,16 @@ def session_at(diary, staff_user, massage):
         )
 
     return make
+
+
+@pytest.fixture
+def redis_broker():
+    """The real Redis broker, emptied before and after: jobs in these tests go through Redis."""
+    broker = dramatiq.get_broker()
+    assert isinstance(broker, RedisBroker), "tests run against Redis, never the stub broker"
+    broker.flush_all()
+    yield broker
+    broker.flush_all()
 
 
 @pytest.fixture

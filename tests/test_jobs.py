@@ -6,22 +6,12 @@ import dramatiq
 import pytest
 from django.db import transaction
 from django.utils import timezone
-from dramatiq.brokers.redis import RedisBroker
 
 from config.dramatiq import enqueue_on_commit
 from ledger.integrity import ledger_check
 from ledger.models import ClientBalance, CreditGrant, GrantState
 from ledger.services import credits_adjust
 from ledger.tasks import expire_due_credits
-
-
-@pytest.fixture
-def redis_broker():
-    broker = dramatiq.get_broker()
-    assert isinstance(broker, RedisBroker), "tests run against Redis, never the stub broker"
-    broker.flush_all()
-    yield broker
-    broker.flush_all()
 
 
 @pytest.mark.django_db(transaction=True)

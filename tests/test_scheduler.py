@@ -12,7 +12,6 @@ from apscheduler.triggers.cron import CronTrigger
 from django.conf import settings
 from django.contrib.auth.models import Permission
 from django.urls import reverse
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq_crontab import scheduler
 
 from config import schedule
@@ -78,15 +77,6 @@ def packdesk_test_flaky_job(purchase_id: int) -> None:
     if state["broken"]:
         raise RuntimeError(f"provider refused (attempt {attempt})")
     state["done"].append(purchase_id)
-
-
-@pytest.fixture
-def redis_broker():
-    broker = dramatiq.get_broker()
-    assert isinstance(broker, RedisBroker), "tests run against Redis, never the stub broker"
-    broker.flush_all()
-    yield broker
-    broker.flush_all()
 
 
 def run_worker_until(broker, condition, timeout=20.0):

@@ -17,7 +17,6 @@ import redis
 from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
-from dramatiq.brokers.redis import RedisBroker
 
 from ledger.integrity import ledger_check
 from ledger.models import ClientBalance, CreditGrant
@@ -236,15 +235,6 @@ def test_only_post_and_no_oversized_body(client):
 
 
 # --- The queue: down, and up --------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_broker():
-    broker = dramatiq.get_broker()
-    assert isinstance(broker, RedisBroker), "tests run against Redis, never the stub broker"
-    broker.flush_all()
-    yield broker
-    broker.flush_all()
 
 
 @pytest.mark.django_db(transaction=True)

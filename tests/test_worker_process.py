@@ -27,15 +27,6 @@ from ledger.tasks import expire_due_credits
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def redis_broker():
-    broker = dramatiq.get_broker()
-    assert isinstance(broker, RedisBroker), "tests run against Redis, never the stub broker"
-    broker.flush_all()
-    yield broker
-    broker.flush_all()
-
-
 def database_url_for_tests() -> str:
     """The URL of the database pytest-django made for this run, for another process to use."""
     s = connection.settings_dict
