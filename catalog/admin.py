@@ -84,7 +84,7 @@ class CreditPackAdmin(HistoryExportAdmin):
         ("Selling", {"fields": ("published", "sell_online", "restrict_to", "all_staff")}),
         ("Validity", {"fields": ("validity_amount", "validity_unit", "valid_from")}),
         ("Recurring", {"fields": (
-            "is_recurring", "billing_interval", "billing_interval_count", "recurs_when",
+            "is_recurring", "recurring_collection", "billing_interval", "billing_interval_count", "recurs_when",
             "minimum_commitment", "free_trial_days",
         )}),
         ("Record", {"fields": ("created_at", "updated_at")}),

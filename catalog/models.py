@@ -86,6 +86,11 @@ class RecursWhen(models.TextChoices):
     PACK_EXPIRES = "pack_expires", "pack expires"
 
 
+class RecurringCollection(models.TextChoices):
+    AUTO_DEBIT = "auto_debit", "auto-debit: the card is charged each billing period (Stripe subscription)"
+    INVOICE = "invoice", "invoice: emailed each time the pack recurs (see 'recurs when')"
+
+
 class CreditPack(models.Model):
     name = models.CharField(max_length=120, help_text="Public name, unique.")
     description = models.TextField(blank=True)
@@ -109,8 +114,11 @@ class CreditPack(models.Model):
     valid_from = models.CharField(
         max_length=20, choices=ValidFrom.choices, default=ValidFrom.PAYMENT
     )
-    # Recurring fields are stored now; renewals act on them later.
     is_recurring = models.BooleanField(default=False)
+    recurring_collection = models.CharField(
+        "collection", max_length=12, choices=RecurringCollection.choices, blank=True,
+        help_text="How a recurring pack is paid each cycle.",
+    )
     billing_interval = models.CharField(
         max_length=10, choices=BillingInterval.choices, blank=True
     )

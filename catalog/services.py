@@ -17,7 +17,7 @@ from catalog.validation import (
 PACK_FIELDS = (
     "name", "description", "category", "price", "currency", "sell_online", "published",
     "restrict_to", "all_staff", "validity_amount", "validity_unit", "valid_from",
-    "is_recurring", "billing_interval", "billing_interval_count", "recurs_when",
+    "is_recurring", "recurring_collection", "billing_interval", "billing_interval_count", "recurs_when",
     "minimum_commitment", "free_trial_days",
 )
 
@@ -148,6 +148,7 @@ def pack_snapshot(pack: CreditPack) -> dict:
             "billing_interval": pack.billing_interval,
             "billing_interval_count": pack.billing_interval_count,
             "recurs_when": pack.recurs_when,
+            "collection": pack.recurring_collection,
             "minimum_commitment": pack.minimum_commitment,
             "free_trial_days": pack.free_trial_days,
         },

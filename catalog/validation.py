@@ -18,6 +18,7 @@ from catalog.models import (
     CreditPack,
     PackCreditLine,
     RecursWhen,
+    RecurringCollection,
     RestrictTo,
     SessionType,
     ValidFrom,
@@ -109,6 +110,8 @@ def validate_pack_fields(data: Mapping) -> None:
             add("billing_interval_count", ["Billing every N intervals: N must be between 1 and 52."])
         if data.get("recurs_when") not in RecursWhen.values:
             add("recurs_when", ["A recurring pack needs 'recurs when': no credits remain or pack expires."])
+        if data.get("recurring_collection") not in RecurringCollection.values:
+            add("recurring_collection", ["A recurring pack needs a collection: auto-debit or invoice."])
         if (data.get("minimum_commitment") or 0) > 120:
             add("minimum_commitment", ["Minimum commitment cannot be more than 120 payments."])
         if (data.get("free_trial_days") or 0) > 365:
@@ -118,6 +121,8 @@ def validate_pack_fields(data: Mapping) -> None:
             add("billing_interval", ["Only a recurring pack has a billing interval."])
         if data.get("recurs_when"):
             add("recurs_when", ["Only a recurring pack has 'recurs when'."])
+        if data.get("recurring_collection"):
+            add("recurring_collection", ["Only a recurring pack has a collection mode."])
         if data.get("minimum_commitment"):
             add("minimum_commitment", ["Only a recurring pack has a minimum commitment."])
         if data.get("free_trial_days"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
 from simple_history.models import HistoricalRecords
@@ -89,6 +90,10 @@ class BusinessSettings(models.Model):
     )
     nudge_staff_credits_issued = models.BooleanField(
         default=True, help_text="Tell the staff member (email and admin notification) when credits are issued.",
+    )
+    invoice_days_until_due = models.PositiveSmallIntegerField(
+        default=14, validators=[MinValueValidator(1), MaxValueValidator(365)],
+        help_text="Invoices (manual, late, and recurring plans paid by invoice) are due this many days after issue.",
     )
 
     history = HistoricalRecords()

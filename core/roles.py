@@ -66,6 +66,9 @@ ROLES: dict[str, list[str]] = {
         *_crud("payments.purchase", "view", "add"),
         *_crud("payments.payment", "view", "add"),
         *_crud("payments.outstandingpurchase", "view"),
+        # Sells recurring plans and sees them; pausing and cancelling is a manager's or finance's.
+        *_crud("payments.subscription", "view", "add"),
+        *_crud("payments.invoice", "view"),
         *_VIEW_LEDGER,
         # Adjusts credits, up to FRONT_DESK_ADJUST_LIMIT at a time (adjust_limit_for).
         ADJUST_PERMISSION,
@@ -96,6 +99,9 @@ ROLES: dict[str, list[str]] = {
         *_crud("payments.payment", "view"),
         *_crud("payments.outstandingpurchase", "view"),
         *_crud("payments.refund", "view"),
+        # Recurring plans: sell, activate, pause, cancel.
+        *_crud("payments.subscription", "view", "add", "change"),
+        *_crud("payments.invoice", "view"),
     ],
     FINANCE: [
         # Money: purchases (manual and late invoices), payments, the outstanding list.
@@ -106,6 +112,12 @@ ROLES: dict[str, list[str]] = {
         *_crud("payments.refund", "view", "add"),
         # Stripe webhook events: see failures and retry them (retry needs change).
         *_crud("payments.stripeevent", "view", "change"),
+        # Recurring plans (activate, pause, cancel), invoices (issue, mark paid, void) and
+        # reconciliation (run on demand, resolve or explain each mismatch).
+        *_crud("payments.subscription", "view", "add", "change"),
+        *_crud("payments.invoice", "view", "add", "change"),
+        *_crud("payments.reconciliationrun", "view", "add"),
+        *_crud("payments.reconciliationline", "view", "change"),
         # Everything else read-only, for reconciliation and reports.
         *_crud("core.client", "view"),
         *_VIEW_STAFF,

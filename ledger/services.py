@@ -153,6 +153,13 @@ def _line_spec(snap: dict, line: dict, quantity: int | None = None, unlimited: b
     )
 
 
+def _issue_note(snap: dict, purchase: Purchase) -> str:
+    if purchase.cycle_number:
+        start = timezone.localtime(purchase.period_start)
+        return f"{snap['name']} (purchase #{purchase.pk}, cycle {purchase.cycle_number} from {start:%d %b %Y})"
+    return f"{snap['name']} (purchase #{purchase.pk})"
+
+
 @transaction.atomic
 def credits_issue_for_purchase(
     *, purchase: Purchase, actor, activated_at: datetime | None = None,
@@ -161,9 +168,17 @@ def credits_issue_for_purchase(
     """Issue the credits a paid purchase bought, from its snapshot. Idempotent per purchase.
 
     Validity counted "from payment" starts at `activated_at` (delayed activation) or the payment.
+    A cycle of a recurring plan counts from its billing-cycle start instead, even when paid late
+    or activated later (seed 002), issues its later cycles as Renewal, and issues nothing while
+    its plan waits for activation (the plan's activation issues every paid cycle then).
     A credit already reserved for a booking sold on the spot counts towards its line.
     """
     purchase = Purchase.objects.select_for_update().get(pk=purchase.pk)
+    if purchase.subscription_id is not None:
+        if purchase.subscription.activated_at is None:
+            return []
+        if purchase.cycle_number and purchase.cycle_number > 1:
+            source = EntrySource.RENEWAL
     grants = CreditGrant.objects.filter(purchase=purchase, source=source)
     existing = list(grants.filter(reservation=False).order_by("pk"))
     if existing:
@@ -173,10 +188,12 @@ def credits_issue_for_purchase(
             f"Purchase #{purchase.pk} is {purchase.get_status_display().lower()}: "
             "credits are issued only once it is paid."
         )
-    reserved = {g.session_type_id: g for g in grants.filter(reservation=True)}
+    reserved = {
+        g.session_type_id: g for g in CreditGrant.objects.filter(purchase=purchase, reservation=True)
+    }
     snap = purchase.snapshot
     now = timezone.now()
-    start = activated_at or purchase.paid_at
+    start = purchase.period_start or activated_at or purchase.paid_at
     staff_ids = [] if snap["all_staff"] else [row["staff_member_id"] for row in snap["staff"]]
     balances = _lock_balances({(purchase.client_id, line["session_type_id"]) for line in snap["lines"]})
     issued = []
@@ -192,7 +209,7 @@ def credits_issue_for_purchase(
             client_id=purchase.client_id, spec=spec, purchase_id=purchase.pk, source=source,
             all_staff=snap["all_staff"], staff_ids=staff_ids,
             window_start=start if spec.valid_from_rule == ValidFrom.PAYMENT else None,
-            actor=actor, note=f"{snap['name']} (purchase #{purchase.pk})",
+            actor=actor, note=_issue_note(snap, purchase),
             key=f"{source}:{purchase.pk}:line:{number}", now=now,
         ))
     return issued

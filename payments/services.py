@@ -78,6 +78,10 @@ def purchase_mark_paid(
     purchase.paid_at = paid_at or timezone.now()
     purchase._history_user = actor
     purchase.save(update_fields=["status", "paid_at"])
+    if purchase.subscription_id is not None:
+        from payments.subscriptions import plan_cycle_paid  # it builds on this module
+
+        plan_cycle_paid(purchase, actor)
     credits_issue_for_purchase(purchase=purchase, actor=actor)
     return purchase
 

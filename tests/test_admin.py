@@ -96,7 +96,7 @@ def pack_post(category, lines, *, staff=(), **overrides) -> dict:
         "currency": "GBP", "published": "on", "sell_online": "on", "restrict_to": "anyone",
         "all_staff": "on", "validity_amount": "3", "validity_unit": "months",
         "valid_from": "payment", "billing_interval": "", "billing_interval_count": "1",
-        "recurs_when": "", "minimum_commitment": "0", "free_trial_days": "0",
+        "recurs_when": "", "recurring_collection": "", "minimum_commitment": "0", "free_trial_days": "0",
         "credit_lines-TOTAL_FORMS": str(len(lines)), "credit_lines-INITIAL_FORMS": "0",
         "credit_lines-MIN_NUM_FORMS": "0", "credit_lines-MAX_NUM_FORMS": "5",
         "staff_prices-TOTAL_FORMS": str(len(staff)), "staff_prices-INITIAL_FORMS": "0",

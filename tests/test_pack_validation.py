@@ -87,7 +87,7 @@ LINE_CREDITS = "Credit line 1 (Massage 60): credits must be between 1 and 100, o
 HALF_VALIDITY = "Credit line 1 (Massage 60): give both the validity amount and unit, or neither."
 RECURRING = dict(
     is_recurring=True, billing_interval="month", billing_interval_count=1,
-    recurs_when="pack_expires", minimum_commitment=3, free_trial_days=7,
+    recurs_when="pack_expires", recurring_collection="auto_debit", minimum_commitment=3, free_trial_days=7,
 )
 NEEDS_INTERVAL = "A recurring pack needs a billing interval (week, month or year)."
 EVERY_N = "Billing every N intervals: N must be between 1 and 52."

@@ -82,7 +82,7 @@ def test_list_shows_packs_sold_online_grouped_with_price_credits_validity_and_re
     make_pack([(massage, False, 1)], name="Unpublished one", published=False, sell_online=False)
     make_pack([(massage, False, 1)], name="Desk only", sell_online=False)
     make_pack([(massage, False, 1)], name="Monthly", is_recurring=True, billing_interval="month",
-              recurs_when="pack_expires")
+              recurs_when="pack_expires", recurring_collection="auto_debit")
 
     response = client.get("/packs/")
 
