@@ -34,6 +34,10 @@ SCHEDULE: tuple[PeriodicJob, ...] = (
                 "Client nudges that fell due this hour (each sent at most once)"),
     PeriodicJob("core.tasks.notify_staff_of_issued_credits", "*/5 * * * *",
                 "Tell staff members about credits issued since the last run"),
+    PeriodicJob("payments.tasks.reconcile_stripe_daily", "17 3 * * *",
+                "Reconcile yesterday (the local day) with Stripe's balance transactions"),
+    PeriodicJob("payments.tasks.open_due_plan_cycles", "23 * * * *",
+                "Invoice plans: open and bill the next cycle when it is due (recurs when); end pauses"),
 )
 
 _registered: set[str] = set()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from core.models import PLACE_HOLDING, Booking, BookingStatus, Client, Session
@@ -26,11 +26,24 @@ class PackOffer:
 
 
 @dataclass
+class PlanRow:
+    """One recurring plan as the client sees it (payments.Subscription, annotated)."""
+
+    plan: object
+    made: int
+    remaining: int
+    next_payment: str
+    pay_url: str = ""
+    may_cancel: bool = False
+
+
+@dataclass
 class ClientPage:
     balances: list[Balance]
     upcoming: list[Booking]
     past: list[Booking]
     offers: list[PackOffer] = field(default_factory=list)
+    plans: list[PlanRow] = field(default_factory=list)
 
 
 def _bookings(client: Client) -> QuerySet[Booking]:
@@ -80,7 +93,73 @@ def client_page(client: Client) -> ClientPage:
         .exclude(status=BookingStatus.BOOKED, session__starts_at__gt=now)
         .order_by("-session__starts_at", "-id")[:PAST_SHOWN]
     )
-    return ClientPage(balances=balances, upcoming=upcoming, past=past, offers=_offers(balances))
+    return ClientPage(balances=balances, upcoming=upcoming, past=past, offers=_offers(balances), plans=plan_rows(client))
+
+
+# A cancelled plan stays on the page this long, so the client sees their cancellation went through.
+CANCELLED_SHOWN = timedelta(days=60)
+
+
+def _plans(client: Client):
+    """The client's plans, with everything the page says about them, in one query."""
+    from payments.models import Invoice, InvoiceStatus, Subscription, SubscriptionStatus
+    from payments.recurrence import with_latest_cycle  # payments builds on core; imported late
+
+    pay_url = Invoice.objects.filter(
+        purchase_id=OuterRef("latest_id"), status=InvoiceStatus.OPEN
+    ).exclude(hosted_invoice_url="").values("hosted_invoice_url")[:1]
+    recent = Q(cancelled_at__gte=timezone.now() - CANCELLED_SHOWN)
+    plans = Subscription.objects.filter(client=client).filter(~Q(status=SubscriptionStatus.CANCELLED) | recent)
+    return (
+        with_latest_cycle(plans)
+        .annotate(pay_url=Subquery(pay_url))
+        .order_by("-created_at", "-pk")
+    )
+
+
+def plan_of(client: Client, plan_id: int):
+    """The client's own plan, or None: asked by client AND id, so another's is never found."""
+    return _plans(client).filter(pk=plan_id).first()
+
+
+def plan_row(plan) -> PlanRow:
+    from payments.subscriptions import client_may_cancel, payments_remaining
+
+    return PlanRow(
+        plan=plan, made=plan.made, remaining=payments_remaining(plan, plan.made),
+        next_payment=_next_payment(plan), pay_url=plan.pay_url or "",
+        may_cancel=client_may_cancel(plan, plan.made),
+    )
+
+
+def plan_rows(client: Client) -> list[PlanRow]:
+    return [plan_row(plan) for plan in _plans(client)]
+
+
+def _day(value) -> str:
+    return f"{timezone.localtime(value):%-d %B %Y}"
+
+
+def _next_payment(plan) -> str:
+    """What comes next for this plan, in the client's words."""
+    from payments.models import PurchaseStatus, SubscriptionStatus
+    from payments.recurrence import next_cycle_at
+
+    amount = f"{plan.price} {plan.currency}"
+    if plan.status == SubscriptionStatus.CANCELLED:
+        return f"Cancelled on {_day(plan.cancelled_at)}: no more payments."
+    if plan.status == SubscriptionStatus.PAUSED:
+        return f"Paused until {_day(plan.paused_until)}."
+    if plan.status == SubscriptionStatus.TRIALING:
+        return f"Free trial until {_day(plan.trial_ends_at)}; then {amount}."
+    if plan.latest_status == PurchaseStatus.PENDING:
+        return f"Payment of {amount} due now (payment {plan.latest_number})."
+    if plan.collection == "auto_debit":
+        if plan.current_period_end is None:
+            return "Waiting for your card details."
+        return f"Next payment of {amount} on {_day(plan.current_period_end)}, charged to your card."
+    at = next_cycle_at(plan) if plan.latest_id else None
+    return f"Next payment of {amount} around {_day(at)}." if at else f"Next payment: {amount}."
 
 
 def _usable_credit(client: Client) -> Exists:

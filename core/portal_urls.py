@@ -27,4 +27,5 @@ urlpatterns = [
     # str, not int: a mangled id gets the portal's own "not found" page, not the bare 404.
     path("<portal_token:token>/book/<str:session_id>/", portal_views.book, name="book"),
     path("<portal_token:token>/bookings/<str:booking_id>/cancel/", portal_views.cancel, name="cancel"),
+    path("<portal_token:token>/plans/<str:plan_id>/cancel/", portal_views.plan_cancel, name="plan_cancel"),
 ]

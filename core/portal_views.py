@@ -21,7 +21,16 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from core.bookings import booking_cancel, booking_create, cancellation_deadline
 from core.exceptions import BookingError
 from core.models import BookingStatus, Session
-from core.portal_selectors import BOOKING_HORIZON, book_page, booking_of, client_page, credit_label, open_sessions
+from core.portal_selectors import (
+    BOOKING_HORIZON,
+    book_page,
+    booking_of,
+    client_page,
+    credit_label,
+    open_sessions,
+    plan_of,
+    plan_row,
+)
 from core.portal_tokens import PortalLinkExpired, PortalLinkInvalid, client_from_token
 from ledger.exceptions import LedgerError
 
@@ -171,3 +180,36 @@ def cancel(request: HttpRequest, token: str, client, booking_id: str) -> HttpRes
         "can_cancel": booking.status == BookingStatus.BOOKED and booking.session.starts_at > now,
     }
     return _page(request, "portal/cancel.html", context, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+@with_client
+def plan_cancel(request: HttpRequest, token: str, client, plan_id: str) -> HttpResponse:
+    """The client cancels their recurring plan: only once its minimum commitment is paid.
+
+    Before that the page (and a POST anyway) says to contact the business, which may cancel or
+    pause it (seed 001); the refusal is the service's own (CommitmentNotMet).
+    """
+    from payments.exceptions import PaymentError
+    from payments.models import SubscriptionStatus
+    from payments.subscriptions import subscription_cancel
+
+    pid = _int_or_none(plan_id)
+    plan = plan_of(client, pid) if pid else None
+    if plan is None:
+        return _not_found(request, token, "We could not find this plan.")
+    error, status = "", 200
+    if plan.status == SubscriptionStatus.CANCELLED:
+        error, status = "This plan is already cancelled.", 409
+    elif request.method == "POST":
+        try:
+            subscription_cancel(
+                subscription=plan, actor=None, reason="Cancelled by the client on their page", by_client=True,
+            )
+        except PaymentError as exc:
+            error, status = str(exc), 409
+        else:
+            messages.success(request, f"Your {plan.snapshot.get('name', 'plan')} is cancelled: no more payments.")
+            return HttpResponseRedirect(_home_url(token), status=303)
+    context = {"token": token, "client": client, "row": plan_row(plan), "error": error}
+    return _page(request, "portal/plan_cancel.html", context, status=status)

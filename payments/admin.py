@@ -25,6 +25,7 @@ from unfold.decorators import action, display
 from core.admin import HistoryAdmin, HistoryExportAdmin, ReadOnlyAdminMixin, error_text, local_start
 from core.admin_base import next_url
 from ledger.exceptions import LedgerError
+from payments.admin_invoices import IssueInvoiceMixin
 from payments.admin_refunds import refund_view
 from payments.exceptions import PaymentError
 from payments.forms import RecordPaymentForm, SellPackForm
@@ -35,7 +36,7 @@ from payments.services import payment_record, purchase_create
 SELL_FIELDS = ("client", "pack", "staff_member")
 DETAIL_FIELDS = (
     "client", "pack", "staff_member", "status", "price", "currency", "created_by", "created_at",
-    "paid_at", "refunded_amount", "pack_as_bought", "snapshot_json",
+    "paid_at", "refunded_amount", "plan_cycle", "invoice_list", "pack_as_bought", "snapshot_json",
 )
 
 
@@ -63,7 +64,7 @@ def _describe_line(line: dict) -> str:
 
 
 @admin.register(Purchase)
-class PurchaseAdmin(HistoryExportAdmin):
+class PurchaseAdmin(IssueInvoiceMixin, HistoryExportAdmin):
     resource_classes = [PurchaseResource]
     list_display = (
         "id", "client", "pack_name", "status", "price", "currency", "created_at", "paid_at",
@@ -72,8 +73,8 @@ class PurchaseAdmin(HistoryExportAdmin):
     list_select_related = ("client",)
     search_fields = ("client__name", "client__email", "pack__name")
     autocomplete_fields = SELL_FIELDS
-    actions_row = ["record_payment", "refund"]
-    actions_detail = ["record_payment", "refund"]
+    actions_row = ["record_payment", "issue_invoice", "refund"]
+    actions_detail = ["record_payment", "issue_invoice", "refund"]
     show_full_result_count = False
 
     def get_queryset(self, request):
@@ -102,10 +103,13 @@ class PurchaseAdmin(HistoryExportAdmin):
         return request.user.has_perm("payments.add_refund")
 
     def get_actions_detail(self, request, object_id):
-        # A purchase waiting for its money offers "Record payment"; a paid one, "Refund".
+        # A purchase waiting for its money offers "Record payment" and "Issue invoice"; a paid one, "Refund".
         status = Purchase.objects.filter(pk=_pk(object_id)).values_list("status", flat=True).first()
-        wanted = {PurchaseStatus.PENDING.value: "record_payment", PurchaseStatus.PAID.value: "refund"}.get(status)
-        return [a for a in super().get_actions_detail(request, object_id) if a.method.__name__ == wanted]
+        wanted = {
+            PurchaseStatus.PENDING.value: {"record_payment", "issue_invoice"},
+            PurchaseStatus.PAID.value: {"refund"},
+        }.get(status, set())
+        return [a for a in super().get_actions_detail(request, object_id) if a.method.__name__ in wanted]
 
     @display(description="Pack", ordering="snapshot_name")
     def pack_name(self, obj: Purchase) -> str:
@@ -120,6 +124,27 @@ class PurchaseAdmin(HistoryExportAdmin):
             snap.get("name", ""), snap.get("price", ""), snap.get("currency", ""),
             snap.get("valid_from", ""), lines,
         )
+
+    @display(description="Recurring plan")
+    def plan_cycle(self, obj: Purchase):
+        if obj.subscription_id is None:
+            return "—"
+        url = reverse("admin:payments_subscription_change", args=[obj.subscription_id])
+        return format_html(
+            '<a href="{}">Plan #{}</a>, cycle {}: {} – {}', url, obj.subscription_id, obj.cycle_number,
+            f"{timezone.localtime(obj.period_start):%d %b %Y}", f"{timezone.localtime(obj.period_end):%d %b %Y}",
+        )
+
+    @display(description="Invoices")
+    def invoice_list(self, obj: Purchase):
+        rows = [
+            (reverse("admin:payments_invoice_change", args=[i.pk]), i.number or f"#{i.pk}",
+             i.get_kind_display(), i.get_status_display())
+            for i in obj.invoices.order_by("created_at", "pk")
+        ]
+        if not rows:
+            return "—"
+        return format_html_join(", ", '<a href="{}">{}</a> ({}, {})', rows)
 
     @display(description="Snapshot (as stored)")
     def snapshot_json(self, obj: Purchase):
@@ -281,17 +306,17 @@ class FirstSessionFilter(admin.SimpleListFilter):
 
 
 @admin.register(OutstandingPurchase)
-class OutstandingPurchaseAdmin(ModelAdmin):
+class OutstandingPurchaseAdmin(IssueInvoiceMixin, ModelAdmin):
     """Desk sales still unpaid, oldest first: finance chases them (the selector defines the list)."""
 
     list_display = (
-        "client_name", "pack_name", "amount", "due_since", "sessions_used", "first_session", "state",
+        "client_name", "pack_name", "amount", "due_since", "plan", "sessions_used", "first_session", "state",
         "pay",
     )
     list_display_links = None
     list_filter = (FirstSessionFilter,)
     search_fields = ("client__name", "client__email")
-    actions_row = ["record_payment"]
+    actions_row = ["record_payment", "issue_invoice"]
 
     def get_queryset(self, request):
         return outstanding_purchases().annotate(snapshot_name=KeyTextTransform("name", "snapshot"))
@@ -335,6 +360,16 @@ class OutstandingPurchaseAdmin(ModelAdmin):
     def due_since(self, obj: Purchase) -> str:
         return local_start(obj.created_at)
 
+    @display(description="Plan")
+    def plan(self, obj: Purchase) -> str:
+        if obj.subscription_id is None:
+            return "—"
+        plan = obj.subscription
+        text = f"Cycle {obj.cycle_number}; {obj.plan_payments_made} paid"
+        if plan.minimum_commitment:
+            text += f" of {plan.minimum_commitment} committed"
+        return text
+
     @display(description="Sessions used", ordering="sessions_used")
     def sessions_used(self, obj: Purchase) -> int:
         return obj.sessions_used
@@ -365,3 +400,5 @@ class OutstandingPurchaseAdmin(ModelAdmin):
 
 
 from payments import admin_events  # noqa: E402,F401
+from payments import admin_reconciliation  # noqa: E402,F401
+from payments import admin_subscriptions  # noqa: E402,F401

@@ -7,6 +7,10 @@ webhook (payments.online), never from the browser coming back.
 When Stripe cannot create the session, the purchase is **cancelled** (kept, with its history,
 not deleted) and the client sees that nothing was charged: they never received a payment link,
 so nothing can be paid against it, and a purchase left pending would sit in the lists forever.
+
+Recurring packs are sold by payments.subscription_stripe (a plan, then its Checkout), which
+shares the checks here: who buys (checkout_buyer) and whether the price can be paid online.
+The public page calls pack_checkout_start, which sends each pack to its own flow.
 """
 from __future__ import annotations
 
@@ -44,12 +48,13 @@ class CheckoutUnavailable(PaymentError):
     """Stripe could not start the payment; nothing was charged."""
 
 
-def _on_sale(pack_id) -> CreditPack:
+def pack_on_sale(pack_id, *, recurring: bool = False) -> CreditPack:
+    """A published pack sold online, one-off or recurring as the caller sells it."""
     pack = CreditPack.objects.filter(
-        pk=pack_id, published=True, sell_online=True, is_recurring=False
+        pk=pack_id, published=True, sell_online=True, is_recurring=recurring
     ).first()
     if pack is None:
-        # Unknown, unpublished, desk-only and recurring packs get the same answer: it is not here.
+        # Unknown, unpublished and desk-only packs get the same answer: it is not here.
         raise NotOnSale()
     return pack
 
@@ -111,12 +116,29 @@ def _refuse_by_restriction(pack: CreditPack, client: Client) -> None:
         )
 
 
-@transaction.atomic
-def _purchase_for_checkout(*, pack_id, name: str, email: str, staff_member_id) -> Purchase:
-    pack = _on_sale(pack_id)
+def checkout_buyer(pack: CreditPack, *, name: str, email: str, staff_member_id) -> tuple[Client, StaffMember | None]:
+    """Who buys and with whom, refused in words for the person at the form (one-off packs and
+    recurring plans alike). Call inside the caller's transaction: a new client rolls back with it."""
     staff_member = _staff_member_for(pack, staff_member_id)
     client = _client_for(name=name, email=email)
     _refuse_by_restriction(pack, client)
+    return client, staff_member
+
+
+def check_online_price(pack: CreditPack, price, currency: str) -> None:
+    """Checked on the price actually charged (a staff member's price may differ from the pack's)."""
+    if price <= 0:
+        raise CheckoutRefused(f"{pack.name} is free: ask us at the front desk rather than paying online.")
+    try:
+        to_minor(price, currency)
+    except ValueError as exc:
+        raise CheckoutRefused(f"{pack.name} cannot be paid online at this price; please ask us.") from exc
+
+
+@transaction.atomic
+def _purchase_for_checkout(*, pack_id, name: str, email: str, staff_member_id) -> Purchase:
+    pack = pack_on_sale(pack_id)
+    client, staff_member = checkout_buyer(pack, name=name, email=email, staff_member_id=staff_member_id)
     try:
         purchase = purchase_create(
             client=client, pack=pack, staff_member=staff_member, actor=None,
@@ -124,14 +146,8 @@ def _purchase_for_checkout(*, pack_id, name: str, email: str, staff_member_id) -
         )
     except PackNotForSale as exc:
         raise CheckoutRefused(str(exc)) from exc
-    # Checked on the purchase's own price (a staff member's price may differ from the pack's).
     # Raising here rolls back the purchase and a client created just for it.
-    if purchase.price <= 0:
-        raise CheckoutRefused(f"{pack.name} is free: ask us at the front desk rather than paying online.")
-    try:
-        to_minor(purchase.price, purchase.currency)
-    except ValueError as exc:
-        raise CheckoutRefused(f"{pack.name} cannot be paid online at this price; please ask us.") from exc
+    check_online_price(pack, purchase.price, purchase.currency)
     return purchase
 
 
@@ -172,8 +188,15 @@ def checkout_session_create(purchase: Purchase):
     )
 
 
+def checkout_unavailable() -> CheckoutUnavailable:
+    return CheckoutUnavailable(
+        "We could not start the payment just now, so nothing was charged. "
+        "Please try again in a few minutes."
+    )
+
+
 @transaction.atomic
-def _store_session_id(purchase: Purchase, session_id: str) -> Purchase:
+def purchase_store_session_id(purchase: Purchase, session_id: str) -> Purchase:
     purchase = Purchase.objects.select_for_update().get(pk=purchase.pk)
     if purchase.stripe_checkout_session_id != session_id:
         purchase.stripe_checkout_session_id = session_id
@@ -183,7 +206,7 @@ def _store_session_id(purchase: Purchase, session_id: str) -> Purchase:
 
 
 @transaction.atomic
-def _cancel_unstarted(purchase: Purchase, reason: str) -> None:
+def purchase_cancel_unstarted(purchase: Purchase, reason: str) -> None:
     purchase = Purchase.objects.select_for_update().get(pk=purchase.pk)
     if purchase.status == PurchaseStatus.PENDING and not purchase.stripe_checkout_session_id:
         purchase.status = PurchaseStatus.CANCELLED
@@ -206,10 +229,24 @@ def checkout_start(
         session = checkout_session_create(purchase)
     except stripe.StripeError as exc:
         logger.exception("Stripe refused the Checkout Session of purchase #%s", purchase.pk)
-        _cancel_unstarted(purchase, f"Stripe Checkout could not start: {exc.__class__.__name__}")
-        raise CheckoutUnavailable(
-            "We could not start the payment just now, so nothing was charged. "
-            "Please try again in a few minutes."
-        ) from exc
-    purchase = _store_session_id(purchase, session.id)
+        purchase_cancel_unstarted(purchase, f"Stripe Checkout could not start: {exc.__class__.__name__}")
+        raise checkout_unavailable() from exc
+    purchase = purchase_store_session_id(purchase, session.id)
     return purchase, session.url
+
+
+def pack_checkout_start(*, pack_id, name: str, email: str, staff_member_id=None) -> str:
+    """Where to send the buyer of any pack on sale online: a one-off pack's Checkout, or a
+    recurring plan's (payments.subscription_stripe). Refusals as checkout_start's."""
+    recurring = CreditPack.objects.filter(
+        pk=pack_id, published=True, sell_online=True, is_recurring=True
+    ).exists()
+    if recurring:
+        from payments.subscription_stripe import subscription_checkout_start
+
+        _, url = subscription_checkout_start(
+            pack_id=pack_id, name=name, email=email, staff_member_id=staff_member_id
+        )
+        return url
+    _, url = checkout_start(pack_id=pack_id, name=name, email=email, staff_member_id=staff_member_id)
+    return url

@@ -73,6 +73,10 @@ def _checkout_session_changed(payload: dict) -> Apply | None:
     """Any checkout.session.* event: bring the purchase in line with the session as it is now."""
     client = stripe_client()
     session = _plain(client.v1.checkout.sessions.retrieve(_object(payload)["id"]))
+    from payments.subscription_stripe import plan_checkout_abandoned, subscription_checkout_completed
+
+    if session.get("mode") == "subscription":
+        return subscription_checkout_completed(session)
     if "purchase_id" not in (session.get("metadata") or {}):
         return None  # a session some other integration on the same Stripe account made
     intent = None
@@ -87,9 +91,11 @@ def _checkout_session_changed(payload: dict) -> Apply | None:
             return f"purchase #{purchase_id} paid"
         if session.get("status") == "expired":
             purchase_cancel_unpaid(checkout_session=session, reason="Stripe Checkout Session expired")
+            plan_checkout_abandoned(purchase_id=purchase_id)
             return f"purchase #{purchase_id} cancelled (checkout expired)"
         if intent is not None and intent.get("status") in INTENT_FAILED:
             purchase_cancel_unpaid(checkout_session=session, reason="Delayed payment failed in Stripe")
+            plan_checkout_abandoned(purchase_id=purchase_id)
             return f"purchase #{purchase_id} cancelled (payment failed)"
         # Open, or paid by a delayed method not settled yet: its own event will follow.
         return f"purchase #{purchase_id} left pending ({session.get('status')}, {session.get('payment_status')})"
@@ -127,6 +133,38 @@ def _dispute_created(payload: dict) -> Apply:
     return apply
 
 
+def invoice_subscription_id(invoice: dict) -> str | None:
+    """The Stripe subscription an invoice bills, wherever this API version puts it."""
+    parent = invoice.get("parent") or {}
+    details = parent.get("subscription_details") or {}
+    if parent.get("type") == "subscription_details" and details.get("subscription"):
+        return details["subscription"]
+    return invoice.get("subscription") or None
+
+
+def _invoice_changed(payload: dict) -> Apply | None:
+    """invoice.*: a recurring plan's cycle (Stripe subscription), or one of our own invoices
+    (manual, late, or an invoice plan's cycle); anything else on the account is not ours."""
+    from payments.invoices import invoice_stripe_changed
+    from payments.subscription_stripe import subscription_invoice_changed
+
+    invoice = _plain(stripe_client().v1.invoices.retrieve(
+        _object(payload)["id"], params={"expand": ["payments"]},
+    ))
+    if invoice_subscription_id(invoice):
+        return subscription_invoice_changed(invoice, payload.get("type", ""))
+    if (invoice.get("metadata") or {}).get("invoice_id"):
+        return invoice_stripe_changed(invoice)
+    return None
+
+
+def _subscription_changed(payload: dict) -> Apply | None:
+    from payments.subscription_stripe import subscription_stripe_changed
+
+    stripe_subscription = _plain(stripe_client().v1.subscriptions.retrieve(_object(payload)["id"]))
+    return subscription_stripe_changed(stripe_subscription)
+
+
 HANDLERS: dict[str, Callable[[dict], Apply | None]] = {
     "checkout.session.completed": _checkout_session_changed,
     "checkout.session.async_payment_succeeded": _checkout_session_changed,
@@ -134,6 +172,15 @@ HANDLERS: dict[str, Callable[[dict], Apply | None]] = {
     "checkout.session.expired": _checkout_session_changed,
     "charge.refunded": _charge_refunded,
     "charge.dispute.created": _dispute_created,
+    "invoice.finalized": _invoice_changed,
+    "invoice.paid": _invoice_changed,
+    "invoice.payment_failed": _invoice_changed,
+    "invoice.voided": _invoice_changed,
+    "invoice.marked_uncollectible": _invoice_changed,
+    "customer.subscription.updated": _subscription_changed,
+    "customer.subscription.deleted": _subscription_changed,
+    "customer.subscription.paused": _subscription_changed,
+    "customer.subscription.resumed": _subscription_changed,
 }
 
 

@@ -23,15 +23,23 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from catalog.models import CreditPack, PackCreditLine, PackStaffPrice, RestrictTo, ValidFrom
+from catalog.models import (
+    CreditPack,
+    PackCreditLine,
+    PackStaffPrice,
+    RecurringCollection,
+    RestrictTo,
+    ValidFrom,
+)
 from catalog.validation import ZERO_DECIMAL_CURRENCIES
 from core.portal_tokens import portal_url
 from ledger.models import CreditGrant, EntrySource, GrantState
 from ledger.templatetags.credits import last_usable_day
 from payments import stripe_double
-from payments.checkout import CheckoutRefused, CheckoutUnavailable, NotOnSale, checkout_start
-from payments.models import Purchase, PurchaseChannel, PurchaseStatus
+from payments.checkout import CheckoutRefused, CheckoutUnavailable, NotOnSale, pack_checkout_start
+from payments.models import Purchase, PurchaseChannel, PurchaseStatus, Subscription, SubscriptionStatus
 from payments.money import from_minor
+from payments.subscription_stripe import plan_from_token
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,10 @@ VALID_FROM_WORDS = {
     ValidFrom.PAYMENT: "from payment",
     ValidFrom.BOOKING: "from your first booking",
     ValidFrom.FIRST_SESSION: "from your first session",
+}
+COLLECTION_WORDS = {
+    RecurringCollection.AUTO_DEBIT: "Your card is charged automatically each time.",
+    RecurringCollection.INVOICE: "We email you an invoice each time it renews.",
 }
 RESTRICTION_WORDS = {
     RestrictTo.NEW_JOINERS: "New joiners only",
@@ -62,6 +74,29 @@ def period(amount: int, unit: str) -> str:
     return f"{amount} {unit[:-1] if amount == 1 else unit}"
 
 
+def every(interval: str, count: int) -> str:
+    """"month", 1 -> "every month"; "week", 2 -> "every 2 weeks"."""
+    return f"every {interval}" if count == 1 else f"every {count} {interval}s"
+
+
+def recurring_words(recurring: dict) -> str:
+    """How a recurring pack renews, as its card and pages say it (from a pack or a snapshot)."""
+    words = [every(recurring["billing_interval"], recurring.get("billing_interval_count") or 1)]
+    if recurring.get("minimum_commitment"):
+        count = recurring["minimum_commitment"]
+        words.append(f"minimum {count} payment{'s' if count != 1 else ''}")
+    if recurring.get("free_trial_days"):
+        words.append(f"{recurring['free_trial_days']}-day free trial")
+    return ", ".join(words)
+
+
+def _pack_recurring(pack: CreditPack) -> dict:
+    return {
+        "billing_interval": pack.billing_interval, "billing_interval_count": pack.billing_interval_count,
+        "minimum_commitment": pack.minimum_commitment, "free_trial_days": pack.free_trial_days,
+    }
+
+
 def _page(request: HttpRequest, template: str, context: dict, *, status: int = 200) -> HttpResponse:
     return render(request, template, {"business_name": settings.BUSINESS_NAME, **context}, status=status)
 
@@ -81,6 +116,9 @@ class PackCard:
     staff: str
     staff_choices: list[tuple[str, str]] = field(default_factory=list)
     failed: bool = False  # the card whose form is shown again with its errors
+    recurring: str = ""  # "every month, minimum 12 payments, 14-day free trial"; empty: one-off
+    collection: str = ""  # how each renewal is paid, in the client's words
+    pay_now: bool = True  # False: an invoice plan's free trial starts with nothing to pay
 
 
 def _card(pack: CreditPack) -> PackCard:
@@ -94,6 +132,8 @@ def _card(pack: CreditPack) -> PackCard:
         )
         lines.append((what, amount, unit))
     starts = VALID_FROM_WORDS.get(pack.valid_from, "")
+    if pack.is_recurring and pack.valid_from == ValidFrom.PAYMENT:
+        starts = "from the start of each billing period"  # seed 002: the cycle's start, not the payment
     if len(validities) == 1:
         amount, unit = validities.pop()
         validity = f"Valid {period(amount, unit)} {starts}"
@@ -117,18 +157,28 @@ def _card(pack: CreditPack) -> PackCard:
     price = money(min(prices or {pack.price}), pack.currency)
     if len(prices) > 1:
         price = "from " + price
+    recurring = collection = ""
+    if pack.is_recurring:
+        count = pack.billing_interval_count
+        price += f" / {pack.billing_interval if count == 1 else period(count, pack.billing_interval + 's')}"
+        recurring = recurring_words(_pack_recurring(pack))
+        collection = COLLECTION_WORDS.get(pack.recurring_collection, "")
     return PackCard(
         pk=pack.pk, name=pack.name, description=pack.description, price=price, lines=texts,
         validity=validity, restriction=RESTRICTION_WORDS.get(pack.restrict_to, ""), staff=staff,
         # A single option is no choice: checkout_start takes a pack's only staff member itself.
         staff_choices=options if len(options) > 1 else [],
+        recurring=recurring, collection=collection,
+        pay_now=not (pack.is_recurring and pack.recurring_collection == RecurringCollection.INVOICE
+                     and pack.free_trial_days),
     )
 
 
 def packs_on_sale():
-    """Published one-off packs sold online, with all a card shows: three queries, any number of packs."""
+    """Published packs sold online (one-off and recurring), with all a card shows: three queries,
+    any number of packs."""
     return (
-        CreditPack.objects.filter(published=True, sell_online=True, is_recurring=False, price__gt=0)
+        CreditPack.objects.filter(published=True, sell_online=True, price__gt=0)
         .select_related("category")
         .prefetch_related(
             Prefetch("credit_lines", queryset=PackCreditLine.objects.select_related("session_type").order_by("id")),
@@ -195,7 +245,7 @@ def pack_buy(request: HttpRequest, pack_id: str) -> HttpResponse:
                           error="Please check the details you entered.")
     data = form.cleaned_data
     try:
-        _, url = checkout_start(
+        url = pack_checkout_start(
             pack_id=failed, name=data["name"], email=data["email"],
             staff_member_id=int(data["staff_member"]) if data["staff_member"].isdigit() else None,
         )
@@ -244,38 +294,78 @@ def _grant_row(grant: CreditGrant) -> GrantRow:
     return GrantRow(grant.session_type.name, credits, until, grant.session_type.cancellation_window_hours)
 
 
+def _bought(request: HttpRequest) -> tuple[Purchase | None, Subscription | None]:
+    """What the success page is about: an online purchase (a one-off pack, or an invoice plan's
+    first cycle), or a recurring plan (its Stripe Checkout, or an invoice plan's free trial)."""
+    session_id = request.GET.get("session_id", "")
+    if session_id and len(session_id) <= 255:
+        purchase = (
+            Purchase.objects.select_related("client", "subscription")
+            .filter(stripe_checkout_session_id=session_id, channel=PurchaseChannel.ONLINE).first()
+        )
+        if purchase is not None:
+            return purchase, purchase.subscription
+        plan = Subscription.objects.select_related("client").filter(stripe_checkout_session_id=session_id).first()
+    else:
+        token = request.GET.get("plan", "")
+        plan = plan_from_token(token) if token and len(token) <= 200 else None
+    if plan is None:
+        return None, None
+    # A plan's credits come with its first paid cycle.
+    first = plan.cycles.filter(status__in=(PurchaseStatus.PAID, PurchaseStatus.REFUNDED)).order_by("cycle_number")
+    return first.select_related("client").first(), plan
+
+
+def _plan_context(plan: Subscription | None) -> dict:
+    if plan is None:
+        return {"plan": None}
+    return {
+        "plan": plan,
+        "plan_words": recurring_words(plan.snapshot["recurring"]),
+        "auto_debit": plan.collection == RecurringCollection.AUTO_DEBIT,
+        "trial_ends": timezone.localtime(plan.trial_ends_at) if plan.trial_ends_at else None,
+    }
+
+
+def _state(purchase: Purchase | None, plan: Subscription | None) -> str:
+    if purchase is not None:
+        return {PurchaseStatus.PENDING: "pending", PurchaseStatus.CANCELLED: "cancelled"}.get(purchase.status, "paid")
+    if plan.status == SubscriptionStatus.TRIALING:
+        return "trial"
+    return "cancelled" if plan.status == SubscriptionStatus.CANCELLED else "pending"
+
+
 @never_cache
 @require_GET
 def checkout_success(request: HttpRequest) -> HttpResponse:
-    session_id = request.GET.get("session_id", "")
-    purchase = None
-    if session_id and len(session_id) <= 255:
-        purchase = (
-            Purchase.objects.select_related("client")
-            .filter(stripe_checkout_session_id=session_id, channel=PurchaseChannel.ONLINE).first()
-        )
-    if purchase is None:
+    purchase, plan = _bought(request)
+    if purchase is None and plan is None:
         return _not_found(request, "We could not find this payment. Check the link, or buy a pack below.")
+    state = _state(purchase, plan)
     grants = []
-    if purchase.status in (PurchaseStatus.PAID, PurchaseStatus.REFUNDED):
+    if state == "paid":
         grants = [
             _grant_row(g) for g in CreditGrant.objects.filter(
                 purchase=purchase, source=EntrySource.PURCHASE
             ).select_related("session_type").order_by("pk")
         ]
-    pending = purchase.status == PurchaseStatus.PENDING
+    about = purchase or plan
+    pending = state == "pending"
     context = {
+        "state": state,
         "purchase": purchase,
-        "pack_name": purchase.snapshot.get("name", ""),
-        "amount": money(purchase.price, purchase.currency),
-        "first_name": purchase.client.name.split()[0] if purchase.client.name.split() else "",
+        "pack_name": about.snapshot.get("name", ""),
+        "amount": money(about.price, about.currency),
+        "email": about.client.email,
+        "first_name": about.client.name.split()[0] if about.client.name.split() else "",
         "grants": grants,
         "pending": pending,
-        "refresh": pending and timezone.now() - purchase.created_at < CONFIRMING_REFRESH_FOR,
-        "starts_later": purchase.snapshot.get("valid_from") in (ValidFrom.BOOKING, ValidFrom.FIRST_SESSION),
-        "starts_words": VALID_FROM_WORDS.get(purchase.snapshot.get("valid_from"), ""),
+        "refresh": pending and timezone.now() - about.created_at < CONFIRMING_REFRESH_FOR,
+        "starts_later": about.snapshot.get("valid_from") in (ValidFrom.BOOKING, ValidFrom.FIRST_SESSION),
+        "starts_words": VALID_FROM_WORDS.get(about.snapshot.get("valid_from"), ""),
         # The payer's own page; only ever this purchase's client (the Stripe session id names it).
-        "portal_url": portal_url(purchase.client),
+        "portal_url": portal_url(about.client),
+        **_plan_context(plan),
     }
     response = _page(request, "public/success.html", context)
     response["X-Robots-Tag"] = "noindex"
@@ -285,16 +375,16 @@ def checkout_success(request: HttpRequest) -> HttpResponse:
 # --- Demo / test mode: our stand-in for Stripe's hosted checkout page ---------------------------
 
 
-def _test_event_id(event_type: str, session_id: str) -> str:
-    # One id per session and type: sending it again (a retry, a double click) is a duplicate
+def _test_event_id(event_type: str, object_id: str) -> str:
+    # One id per object and type: sending it again (a retry, a double click) is a duplicate
     # our webhook acknowledges and ignores, as with Stripe's own redeliveries.
-    return "evt_test_" + hashlib.sha256(f"{event_type}:{session_id}".encode()).hexdigest()[:24]
+    return "evt_test_" + hashlib.sha256(f"{event_type}:{object_id}".encode()).hexdigest()[:24]
 
 
-def _deliver_test_event(request: HttpRequest, event_type: str, session_id: str) -> str:
+def _deliver_test_event(request: HttpRequest, event_type: str, object_id: str) -> str:
     """Post the event, signed as Stripe signs it, to our own webhook. Returns "" or what went wrong."""
     event = stripe_double.build_event(
-        event_type, stripe_double.load(session_id), event_id=_test_event_id(event_type, session_id)
+        event_type, stripe_double.load(object_id), event_id=_test_event_id(event_type, object_id)
     )
     payload = json.dumps(event)
     webhook = urllib.request.Request(
@@ -310,15 +400,34 @@ def _deliver_test_event(request: HttpRequest, event_type: str, session_id: str) 
         problem = f"our webhook answered HTTP {exc.code}"
     except (urllib.error.URLError, OSError) as exc:
         problem = f"our webhook could not be reached ({getattr(exc, 'reason', exc)})"
-    logger.error("test-mode %s for %s not delivered: %s", event_type, session_id, problem)
+    logger.error("test-mode %s for %s not delivered: %s", event_type, object_id, problem)
     return problem
 
 
-def _checkout_page(request, session: dict, purchase: Purchase | None, *, error: str = "", status: int = 200):
+def _deliver_checkout_events(request: HttpRequest, session_id: str) -> str:
+    """What Stripe sends once a Checkout is paid: the session completed and, for a subscription,
+    its first invoice paid (a free trial's is paid too, at 0). Returns "" or what went wrong."""
+    problem = _deliver_test_event(request, "checkout.session.completed", session_id)
+    session = stripe_double.load(session_id)
+    if problem or session.get("mode") != "subscription" or not session.get("subscription"):
+        return problem
+    invoice_id = stripe_double.load(session["subscription"]).get("latest_invoice")
+    if invoice_id and stripe_double.load(invoice_id).get("status") == "paid":
+        return _deliver_test_event(request, "invoice.paid", invoice_id)
+    return ""
+
+
+def _checkout_page(request, session: dict, about: Purchase | Subscription | None, *, error: str = "",
+                   status: int = 200):
+    plan = about if isinstance(about, Subscription) else None
     context = {
         "session": session,
-        "pack_name": purchase.snapshot.get("name", "") if purchase else "",
+        "pack_name": about.snapshot.get("name", "") if about else "",
+        # What is paid today: nothing at the start of a free trial.
         "amount": money(from_minor(session["amount_total"], session["currency"]), session["currency"]),
+        "plan_amount": money(plan.price, plan.currency) if plan else "",
+        "plan_words": recurring_words(plan.snapshot["recurring"]) if plan else "",
+        "trial_days": (plan.snapshot["recurring"].get("free_trial_days") or 0) if plan else 0,
         "email": session.get("customer_email") or "",
         "error": error,
     }
@@ -334,9 +443,11 @@ def test_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
         session = stripe_double.load(session_id, "checkout.session")
     except stripe_double.DoubleError:
         return _not_found(request, "This test-mode checkout does not exist.")
-    purchase = Purchase.objects.filter(stripe_checkout_session_id=session_id).first()
+    about = Purchase.objects.filter(stripe_checkout_session_id=session_id).first()
+    if about is None:
+        about = Subscription.objects.filter(stripe_checkout_session_id=session_id).first()
     if request.method == "GET":
-        return _checkout_page(request, session, purchase)
+        return _checkout_page(request, session, about)
 
     success_url = (session.get("success_url") or "").replace("{CHECKOUT_SESSION_ID}", session_id)
     if request.POST.get("action") == "cancel":
@@ -349,17 +460,17 @@ def test_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
         return HttpResponseRedirect(session.get("cancel_url") or "/packs/", status=303)
 
     if request.POST.get("action") != "pay":
-        return _checkout_page(request, session, purchase, status=400, error="Choose Pay or Cancel.")
+        return _checkout_page(request, session, about, status=400, error="Choose Pay or Cancel.")
     if session["status"] == "expired":
-        return _checkout_page(request, session, purchase, status=409,
+        return _checkout_page(request, session, about, status=409,
                               error="This checkout was cancelled or expired: nothing was charged.")
     if session["status"] == "open":
         stripe_double.complete_checkout(session_id)
-    # Paid already (a double click, or a retry after a failed delivery): send the event again.
-    problem = _deliver_test_event(request, "checkout.session.completed", session_id)
+    # Paid already (a double click, or a retry after a failed delivery): send the events again.
+    problem = _deliver_checkout_events(request, session_id)
     if problem:
         return _checkout_page(
-            request, stripe_double.load(session_id), purchase, status=502,
+            request, stripe_double.load(session_id), about, status=502,
             error=f"Test payment taken, but {problem}. Stripe would retry; press the button to send it again.",
         )
     return HttpResponseRedirect(success_url, status=303)

@@ -95,7 +95,7 @@ def _push_to_stripe_on_commit(subscription: Subscription) -> None:
 @transaction.atomic
 def subscription_create(
     *, client: Client, pack: CreditPack, actor, staff_member: StaffMember | None = None,
-    activate: bool = True, now: datetime | None = None,
+    activate: bool = True, now: datetime | None = None, channel: str = PurchaseChannel.DESK,
 ) -> Subscription:
     """A new plan for a recurring pack, priced and snapshotted from the database.
 
@@ -132,7 +132,7 @@ def subscription_create(
             subscription.status = SubscriptionStatus.TRIALING
             _save(subscription, actor, "free trial started", "status")
         else:
-            cycle_open(subscription=subscription, cycle_number=1, period_start=now, actor=actor)
+            cycle_open(subscription=subscription, cycle_number=1, period_start=now, actor=actor, channel=channel)
             subscription.refresh_from_db()
     return subscription
 
@@ -164,13 +164,17 @@ def cycle_period_end(subscription: Subscription, period_start: datetime) -> date
 def cycle_open(
     *, subscription: Subscription, cycle_number: int, period_start: datetime,
     period_end: datetime | None = None, actor=None, channel: str = PurchaseChannel.DESK,
+    allow_cancelled: bool = False,
 ) -> Purchase:
-    """The pending purchase of one billing cycle; the same cycle asked for twice is one purchase."""
+    """The pending purchase of one billing cycle; the same cycle asked for twice is one purchase.
+
+    `allow_cancelled`: Stripe charged a renewal before our cancellation reached it; that money
+    must still land on a cycle (for finance to keep or refund)."""
     subscription = _lock(subscription)
     existing = subscription.cycles.filter(cycle_number=cycle_number).first()
     if existing is not None:
         return existing
-    if subscription.status == SubscriptionStatus.CANCELLED:
+    if subscription.status == SubscriptionStatus.CANCELLED and not allow_cancelled:
         raise SubscriptionError(f"{subscription} is cancelled: no new cycle is opened.")
     period_end = period_end or cycle_period_end(subscription, period_start)
     purchase = Purchase(

@@ -29,3 +29,41 @@ def process_pending_stripe_events(min_age_seconds: int = SWEEP_MIN_AGE_SECONDS) 
     if result.failed:
         logger.warning("Stripe event sweep: %s (%s)", result, "; ".join(result.failed))
     return str(result)
+
+
+@dramatiq.actor(max_retries=8, min_backoff=10_000, max_backoff=600_000)
+def push_subscription_to_stripe(subscription_id: int) -> None:
+    """Tell Stripe a plan was paused, resumed or cancelled here (idempotent: pushes the current state)."""
+    from payments.subscription_stripe import subscription_push_to_stripe
+
+    subscription_push_to_stripe(subscription_id)
+
+
+class ReconciliationFailed(Exception):
+    """The daily reconciliation could not read Stripe; raised so dramatiq tries again later."""
+
+
+# Retried a few times over the morning (1 min, 2, 4 ... up to an hour): Stripe outages are short.
+@dramatiq.actor(max_retries=5, min_backoff=60_000, max_backoff=3_600_000, time_limit=30 * 60_000)
+def reconcile_stripe_daily() -> str:
+    """Reconcile yesterday (the business's local day) with Stripe; idempotent once it succeeded."""
+    from payments.models import ReconciliationStatus
+    from payments.reconciliation import reconciliation_run_daily
+
+    run = reconciliation_run_daily()
+    if run.status == ReconciliationStatus.FAILED:
+        raise ReconciliationFailed(f"reconciliation #{run.pk}: {run.error}")
+    return f"reconciliation #{run.pk}: {run.transactions} transactions, {run.mismatches} mismatches"
+
+
+# Not retried: the scheduler sends it again next hour, and it is idempotent (a plan whose new
+# cycle is open is pending, so it is never billed twice).
+@dramatiq.actor(max_retries=0, time_limit=30 * 60_000)
+def open_due_plan_cycles() -> str:
+    """Invoice plans whose next cycle is due ("recurs when"): open it and bill it; end pauses."""
+    from payments.recurrence import subscription_cycles_open_due
+
+    result = subscription_cycles_open_due()
+    if result.skipped:
+        logger.warning("recurring plans: %s (%s)", result, "; ".join(result.skipped))
+    return str(result)

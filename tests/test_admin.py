@@ -18,9 +18,18 @@ from core.models import BusinessSettings, Client, EmailLog, StaffNotification
 from core.sessions import session_create
 from ledger.models import ClientBalance, CreditGrant, EntryKind, LedgerEntry
 from ledger.services import credits_adjust
-from payments.models import Payment, Purchase, PurchaseStatus, StripeEvent
+from payments.invoices import invoice_issue_offline
+from payments.models import (
+    Payment,
+    Purchase,
+    PurchaseStatus,
+    ReconciliationLine,
+    ReconciliationRun,
+    StripeEvent,
+)
 from payments.refunds import refund_create
 from payments.services import payment_record, purchase_create
+from payments.subscriptions import subscription_create
 
 
 OUR_APPS = {"core", "catalog", "ledger", "payments", "reports", "auth"}
@@ -59,6 +68,19 @@ def populated(db, client_a, client_b, massage, physio, coach, make_pack, sell, s
     BusinessSettings.current()
     EmailLog.objects.create(recipient=client_a.email, template="booking_reminder", client=client_a, status="sent")
     StaffNotification.objects.create(staff_member=coach, text="Credits issued to Ada Lovelace")
+    monthly = make_pack(
+        [(massage, False, 4)], name="Monthly four", is_recurring=True, recurring_collection="invoice",
+        billing_interval="month", recurs_when="pack_expires", minimum_commitment=3,
+    )
+    plan = subscription_create(client=client_b, pack=monthly, actor=staff_user)
+    invoice_issue_offline(purchase=plan.cycles.get(), actor=staff_user)
+    run = ReconciliationRun.objects.create(
+        period_start=timezone.now() - timedelta(days=1), period_end=timezone.now(), status="done",
+    )
+    ReconciliationLine.objects.create(
+        run=run, type="charge", source_id="ch_admin_pages", amount=1000, currency="gbp",
+        mismatch="paid_no_credits", detail="no purchase of ours",
+    )
     return pack
 
 

@@ -24,7 +24,17 @@ from core.models import Booking, BusinessSettings, Client, EmailLog, Session, St
 from core.sessions import session_create
 from ledger.models import ClientBalance, CreditGrant, LedgerEntry
 from ledger.services import credits_adjust
-from payments.models import OutstandingPurchase, Payment, Purchase, Refund, StripeEvent
+from payments.models import (
+    Invoice,
+    OutstandingPurchase,
+    Payment,
+    Purchase,
+    ReconciliationLine,
+    ReconciliationRun,
+    Refund,
+    StripeEvent,
+    Subscription,
+)
 
 SMALL, LARGE = 10, 500
 _serial = itertools.count()
@@ -105,6 +115,49 @@ def add_purchases(world, n: int) -> None:
             snapshot=snapshot, created_by=world["user"],
         )
         for client in _clients(n)
+    )
+
+
+def add_invoices(world, n: int) -> None:
+    add_purchases(world, n)
+    Invoice.objects.bulk_create(
+        Invoice(purchase=p, kind="offline", number=f"PD-{p.pk:06d}", amount=p.price, currency="GBP", status="open")
+        for p in Purchase.objects.filter(invoices__isnull=True)
+    )
+
+
+def add_subscriptions(world, n: int) -> None:
+    """Invoice plans as the desk sells them: each with its first cycle open."""
+    from catalog.services import pack_create
+    from catalog.validation import LineData
+    from payments.subscriptions import subscription_create
+
+    if "plan_pack" not in world:
+        world["plan_pack"] = pack_create(
+            actor=world["user"], lines=[LineData(world["massage"], False, 4)], staff_prices=[],
+            name="Monthly plan", category=world["category"], price=Decimal("100.00"), currency="GBP",
+            published=True, is_recurring=True, billing_interval="month", recurs_when="pack_expires",
+            recurring_collection="invoice", minimum_commitment=3,
+        )
+    for client in _clients(n):
+        subscription_create(client=client, pack=world["plan_pack"], actor=world["user"])
+
+
+def add_reconciliation_runs(world, n: int) -> None:
+    start = timezone.now() - timedelta(days=1)
+    runs = ReconciliationRun.objects.bulk_create(
+        ReconciliationRun(
+            period_start=start, period_end=start + timedelta(days=1), status="done",
+            created_by=world["user"], transactions=1, mismatches=1,
+        )
+        for _ in range(n)
+    )
+    ReconciliationLine.objects.bulk_create(
+        ReconciliationLine(
+            run=run, type="charge", balance_transaction_id=f"txn_{run.pk}", amount=10000,
+            currency="GBP", mismatch="paid_no_credits", resolved_by=world["user"],
+        )
+        for run in runs
     )
 
 
@@ -229,6 +282,10 @@ LISTS = {
     StripeEvent: (add_stripe_events, 5),  # + the distinct types for the type filter
     EmailLog: (add_email_logs, 5),  # + the distinct templates for the template filter
     StaffNotification: (add_staff_notifications, 5),  # + the staff members for the filter
+    Invoice: (add_invoices, 4),
+    Subscription: (add_subscriptions, 4),
+    ReconciliationRun: (add_reconciliation_runs, 4),  # open mismatches: an aggregate in the page's query
+    ReconciliationLine: (add_reconciliation_runs, 5),  # + the runs for the run filter
 }
 # One row at most: measured on its own below.
 SINGLETONS = {BusinessSettings: 5}

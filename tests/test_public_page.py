@@ -88,7 +88,9 @@ def test_list_shows_packs_sold_online_grouped_with_price_credits_validity_and_re
 
     assert response.status_code == 200
     page = text(response)
-    assert "Unpublished one" not in page and "Desk only" not in page and "Monthly" not in page
+    assert "Unpublished one" not in page and "Desk only" not in page
+    # A recurring pack is sold online too, saying how it renews (tests/test_subscriptions_public.py).
+    assert "Monthly" in page and "Recurring: every month." in page
     # Categories in their order, each with its packs.
     assert page.index("Private sessions") < page.index("Ten massages") < page.index("Intro offers") < page.index("Intro duo")
     assert "£300.00" in page and "10 × Massage 60" in page and "Valid 3 months from payment" in page
@@ -97,7 +99,7 @@ def test_list_shows_packs_sold_online_grouped_with_price_credits_validity_and_re
     assert "Valid 1 week from your first session" in page and "New joiners only" in page
     # The one staff member it is sold with, at their own price (the only price there is).
     assert "With Coach Carter only" in page and "£180.00" in page
-    assert page.count('name="csrfmiddlewaretoken"') == 3  # one form per pack, CSRF on
+    assert page.count('name="csrfmiddlewaretoken"') == 4  # one form per pack, CSRF on
 
 
 def test_list_runs_a_fixed_number_of_queries(client, make_pack, massage, physio, coach, django_assert_num_queries):

@@ -25,12 +25,14 @@ def scheduled_jobs() -> dict:
     return {job.name: job for job in scheduler.get_jobs()}
 
 
-def test_the_schedule_lists_the_four_periodic_jobs_with_their_cron_expressions():
+def test_the_schedule_lists_the_periodic_jobs_with_their_cron_expressions():
     assert {job.actor_path: job.cron for job in schedule.SCHEDULE} == {
         "ledger.tasks.expire_due_credits": "*/5 * * * *",
         "payments.tasks.process_pending_stripe_events": "*/5 * * * *",
         "core.tasks.send_due_nudges": "7 * * * *",
         "core.tasks.notify_staff_of_issued_credits": "*/5 * * * *",
+        "payments.tasks.reconcile_stripe_daily": "17 3 * * *",
+        "payments.tasks.open_due_plan_cycles": "23 * * * *",
     }
     jobs = scheduled_jobs()
     for periodic in schedule.SCHEDULE:
