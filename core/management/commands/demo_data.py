@@ -118,14 +118,41 @@ class Command(BaseCommand):
             validity_unit="weeks", lines=[LineData(pt, credits=2), LineData(yoga, credits=2)],
         )
 
+        yoga_membership = pack_create(
+            actor=admin, name="Yoga membership, monthly", category=group, price=Decimal("75.00"),
+            currency="GBP", published=True, sell_online=True, validity_amount=1, validity_unit="months",
+            lines=[LineData(yoga, unlimited=True)], is_recurring=True, recurring_collection="auto_debit",
+            billing_interval="month", recurs_when="pack_expires", minimum_commitment=6, free_trial_days=7,
+        )
+        pt_monthly = pack_create(
+            actor=admin, name="4 PT sessions a month, invoiced", category=private, price=Decimal("130.00"),
+            currency="GBP", published=True, sell_online=True, validity_amount=1, validity_unit="months",
+            lines=[LineData(pt, credits=4)], is_recurring=True, recurring_collection="invoice",
+            billing_interval="month", recurs_when="no_credits_remain", minimum_commitment=3,
+        )
+
         diary = self._diary(admin, sam=sam, jo=jo, pt=pt, massage=massage, yoga=yoga)
         clients = self._clients_with_paid_packs(admin, [ten_pt, five_massage, yoga_month])
         self._bookings(admin, diary, clients)
         self._walk_ins(admin, diary, five_massage=five_massage, intro_offer=intro_offer)
+        self._plans(admin, yoga_membership=yoga_membership, pt_monthly=pt_monthly)
         credits_adjust(
             client=Client.objects.get(email="ada@example.com"), session_type=pt, amount=1,
             reason="Goodwill: session cut short by a fire alarm", actor=admin,
         )
+
+    def _plans(self, admin, *, yoga_membership, pt_monthly) -> None:
+        """One invoice plan paid at the desk for its first cycle, one card plan awaiting Stripe."""
+        from payments.subscriptions import subscription_create
+
+        grace = Client.objects.get(email="grace@example.com")
+        plan = subscription_create(client=grace, pack=pt_monthly, actor=admin)
+        first = plan.cycles.get()
+        payment_record(
+            purchase=first, method=PaymentMethod.CARD_TERMINAL, amount=first.price, actor=admin,
+            reference="Till receipt 2001",
+        )
+        subscription_create(client=Client.objects.get(email="alan@example.com"), pack=yoga_membership, actor=admin)
 
     def _diary(self, admin, *, sam, jo, pt, massage, yoga) -> dict[str, dict[str, list[Session]]]:
         """Private sessions and yoga classes, Monday to Saturday, split into past and upcoming."""
