@@ -65,6 +65,11 @@ class CreditGrant(models.Model):
     validity_unit = models.CharField(max_length=10, choices=ValidityUnit.choices)
     all_staff = models.BooleanField(default=True)
     allowed_staff = models.ManyToManyField("core.StaffMember", blank=True, related_name="+")
+    # The money a grant without a purchase stands for: an imported opening balance carries the
+    # value the business was paid for it (reports' deferred revenue). Purchased grants take
+    # their value from the purchase's price (reports.valuation); adjustments are worth nothing.
+    opening_value = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    opening_currency = models.CharField(max_length=3, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -84,6 +89,11 @@ class CreditGrant(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(validity_amount__gte=1), name="grant_validity_at_least_one"
+            ),
+            models.CheckConstraint(
+                condition=Q(opening_value__isnull=True) | Q(opening_value__gte=0, purchase__isnull=True)
+                & ~Q(opening_currency=""),
+                name="grant_opening_value_only_without_purchase",
             ),
         ]
         indexes = [
