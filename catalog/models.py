@@ -42,6 +42,22 @@ class SessionType(models.Model):
         default=24, help_text="Cancelling at least this many hours before the start returns the credit."
     )
     archived = models.BooleanField(default=False)
+    # Add-ons (seed 003): a session type that extends a booking of one of these base types,
+    # right after it, with the same staff member. Empty: not an add-on.
+    add_on_for = models.ManyToManyField(
+        "self", symmetrical=False, blank=True, related_name="add_ons",
+        help_text="Base session types this add-on can be added to. Leave empty unless it is an add-on.",
+    )
+    price = models.DecimalField(
+        max_digits=10, decimal_places=2, null=True, blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text="An add-on's price when the client has no credit for it. Empty: credit only.",
+    )
+    currency = models.CharField(max_length=3, default=settings.DEFAULT_CURRENCY)
+    intake_form = models.ForeignKey(
+        "catalog.IntakeForm", on_delete=models.PROTECT, null=True, blank=True, related_name="session_types",
+        help_text="Questions the client answers before this add-on is added (a health screening).",
+    )
 
     history = HistoricalRecords()
 
@@ -50,6 +66,9 @@ class SessionType(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=Q(duration_minutes__gte=5), name="session_type_duration_min"
+            ),
+            models.CheckConstraint(
+                condition=Q(price__isnull=True) | Q(price__gte=0), name="session_type_price_not_negative"
             ),
         ]
 
@@ -252,3 +271,55 @@ class PackStaffPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.staff_member} @ {self.price if self.price is not None else 'pack price'}"
+
+
+# --- Intake forms (seed 003): questions asked before a sensitive add-on -------------------------
+
+
+class IntakeForm(models.Model):
+    name = models.CharField(max_length=120, unique=True)
+    intro = models.TextField(blank=True, help_text="Shown above the questions.")
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class QuestionKind(models.TextChoices):
+    YES_NO = "yes_no", "Yes / no"
+    TEXT = "text", "Free text"
+
+
+class IntakeQuestion(models.Model):
+    form = models.ForeignKey(IntakeForm, on_delete=models.CASCADE, related_name="questions")
+    position = models.PositiveIntegerField(default=0)
+    text = models.CharField(max_length=300)
+    kind = models.CharField(max_length=10, choices=QuestionKind.choices, default=QuestionKind.YES_NO)
+    required = models.BooleanField(default=True)
+    # A contraindication: answering "yes" blocks the add-on, with this reason shown to the client.
+    blocks_on_yes = models.BooleanField(
+        default=False, help_text="A 'yes' is a contraindication: the add-on cannot be added.",
+    )
+    block_reason = models.CharField(
+        max_length=300, blank=True,
+        help_text="Shown when a 'yes' blocks the add-on, e.g. 'Hot stones are not suitable during pregnancy.'",
+    )
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["form", "position", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(blocks_on_yes=False) | Q(kind="yes_no") & ~Q(block_reason=""),
+                name="intake_block_needs_yes_no_and_reason",
+                violation_error_message="A blocking question must be a yes/no question with a reason to show.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.text

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
+from django.utils import timezone
 from simple_history.models import HistoricalRecords
 
 
@@ -236,6 +237,14 @@ class Booking(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     outcome_note = models.CharField(max_length=300, blank=True)
+    # An add-on booking (seed 003) belongs to its main booking's group; add_on_type repeats its
+    # session's type so the database can refuse the same add-on twice in one group.
+    main_booking = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="add_ons"
+    )
+    add_on_type = models.ForeignKey(
+        "catalog.SessionType", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
 
     history = HistoricalRecords()
 
@@ -249,6 +258,16 @@ class Booking(models.Model):
                 fields=["session", "client"], condition=models.Q(status__in=PLACE_HOLDING),
                 name="booking_client_once_per_session",
                 violation_error_message="This client is already booked on this session.",
+            ),
+            models.UniqueConstraint(
+                fields=["main_booking", "add_on_type"], condition=models.Q(status__in=PLACE_HOLDING),
+                name="booking_add_on_once_per_group",
+                violation_error_message="This add-on is already part of this booking.",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(main_booking__isnull=True, add_on_type__isnull=True)
+                | models.Q(main_booking__isnull=False, add_on_type__isnull=False),
+                name="booking_add_on_has_type",
             ),
         ]
         indexes = [models.Index(fields=["client", "status"], name="booking_client_status")]
@@ -327,3 +346,23 @@ class StaffNotification(models.Model):
 
     def __str__(self) -> str:
         return self.text
+
+
+class IntakeResponse(models.Model):
+    """A client's answers to an add-on's intake form, kept with the add-on booking they allowed.
+
+    The questions are copied with the answers: the form may be edited later, the record may not.
+    """
+
+    booking = models.OneToOneField(Booking, on_delete=models.PROTECT, related_name="intake")
+    form = models.ForeignKey("catalog.IntakeForm", on_delete=models.PROTECT, related_name="+")
+    # [{"question_id", "text", "kind", "answer", "blocks_on_yes"}], in the form's order.
+    answers = models.JSONField()
+    submitted_at = models.DateTimeField(default=timezone.now)
+    submitted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+",
+        help_text="Empty: the client, on their own page.",
+    )
+
+    def __str__(self) -> str:
+        return f"{self.form} for booking #{self.booking_id}"

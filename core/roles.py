@@ -39,6 +39,8 @@ _VIEW_CATALOG = [
     *_crud("catalog.creditpack", "view"),
     *_crud("catalog.packcreditline", "view"),
     *_crud("catalog.packstaffprice", "view"),
+    *_crud("catalog.intakeform", "view"),
+    *_crud("catalog.intakequestion", "view"),
 ]
 _VIEW_LEDGER = [
     *_crud("ledger.ledgerentry", "view"),
@@ -60,6 +62,8 @@ ROLES: dict[str, list[str]] = {
         *_crud("core.session", "view", "add"),
         # Cancel / attend / no-show are changes to the booking.
         *_crud("core.booking", "view", "add", "change"),
+        # A client's health answers for an add-on: seen by those who book it, not by finance.
+        *_crud("core.intakeresponse", "view"),
         # Sees packs and their prices to sell them, never changes them.
         *_VIEW_CATALOG,
         # Sells a pack and records the money taken at the desk.
@@ -80,6 +84,10 @@ ROLES: dict[str, list[str]] = {
         # Lines and staff prices are edited as inlines of the pack: the inline needs these.
         *_crud("catalog.packcreditline", *ALL),
         *_crud("catalog.packstaffprice", *ALL),
+        # Add-ons' intake forms; questions are edited as inlines of the form.
+        *_crud("catalog.intakeform", *ALL),
+        *_crud("catalog.intakequestion", *ALL),
+        *_crud("core.intakeresponse", "view"),
         *_crud("core.staffmember", *ALL),
         # A staff member is linked to an existing login: picking it needs to see the users.
         # Creating or changing logins (and so granting permissions) stays with superusers.

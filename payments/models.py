@@ -34,7 +34,10 @@ class PaymentMethod(models.TextChoices):
 
 class Purchase(models.Model):
     client = models.ForeignKey("core.Client", on_delete=models.PROTECT, related_name="purchases")
-    pack = models.ForeignKey("catalog.CreditPack", on_delete=models.PROTECT, related_name="purchases")
+    # Empty for an add-on sold at its own price (the snapshot names it; it issues no credits).
+    pack = models.ForeignKey(
+        "catalog.CreditPack", on_delete=models.PROTECT, null=True, blank=True, related_name="purchases"
+    )
     staff_member = models.ForeignKey(
         "core.StaffMember", on_delete=models.PROTECT, null=True, blank=True, related_name="+",
         help_text="The staff member whose price applies, when the pack is priced per staff member.",
