@@ -38,6 +38,7 @@ from core.admin_base import (  # noqa: F401
     local_start,
 )
 from core.admin_display import booking_rows, bookings_for_client
+from core.admin_imports import ClientImportMixin
 from core.admin_portal_link import SendPortalLinkMixin
 from core.forms import AdjustCreditsForm, LedgerFilterForm
 from core.models import PLACE_HOLDING, BusinessSettings, Client, Session, StaffMember, TimeOff, WorkingHours
@@ -124,7 +125,7 @@ class ArchivedFilter(admin.SimpleListFilter):
 
 
 @admin.register(Client)
-class ClientAdmin(SendPortalLinkMixin, HistoryImportExportAdmin):
+class ClientAdmin(ClientImportMixin, SendPortalLinkMixin, HistoryImportExportAdmin):
     resource_classes = [ClientResource]
     list_display = ("name", "email", "phone", "credits", "archived")
     list_filter = (ArchivedFilter,)

@@ -11,6 +11,7 @@ from unfold.admin import ModelAdmin
 from unfold.decorators import display
 
 from core.admin import ExportAdmin, ReadOnlyAdminMixin
+from core.admin_imports import OpeningBalanceImportAdmin
 from ledger.models import ClientBalance, CreditGrant, LedgerEntry
 
 
@@ -48,7 +49,7 @@ class LedgerEntryAdmin(ReadOnlyAdminMixin, ExportAdmin):
 
 
 @admin.register(CreditGrant)
-class CreditGrantAdmin(ReadOnlyAdminMixin, ModelAdmin):
+class CreditGrantAdmin(ReadOnlyAdminMixin, OpeningBalanceImportAdmin):
     list_display = (
         "id", "client", "session_type", "source", "quantity", "remaining", "unlimited", "state",
         "valid_from", "expires_at",

@@ -69,7 +69,7 @@ class CreditGrant(models.Model):
     # value the business was paid for it (reports' deferred revenue). Purchased grants take
     # their value from the purchase's price (reports.valuation); adjustments are worth nothing.
     opening_value = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
-    opening_currency = models.CharField(max_length=3, blank=True)
+    opening_currency = models.CharField(max_length=3, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -29,6 +29,7 @@ from unfold.widgets import UnfoldAdminSingleDateWidget, UnfoldAdminTextareaWidge
 from core.admin import ReadOnlyAdminMixin, error_text, local_start
 from core.admin_base import next_url
 from ledger.exceptions import LedgerError
+from reports.csv_safe import safe_row
 from payments.exceptions import PaymentError
 from payments.models import (
     MismatchKind,
@@ -235,7 +236,7 @@ class ReconciliationRunAdmin(ModelAdmin):
         generated = timezone.localtime().strftime("%Y%m%dT%H%M%S")
         writer = csv.writer(_Echo())
         response = StreamingHttpResponse(
-            (writer.writerow(row) for row in reconciliation_csv_rows(run)), content_type="text/csv; charset=utf-8",
+            (writer.writerow(safe_row(row)) for row in reconciliation_csv_rows(run)), content_type="text/csv; charset=utf-8",
         )
         response["Content-Disposition"] = (
             f'attachment; filename="reconciliation_{first:%Y-%m-%d}_{last:%Y-%m-%d}_run{run.pk}_{generated}.csv"'
