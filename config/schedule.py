@@ -36,6 +36,8 @@ SCHEDULE: tuple[PeriodicJob, ...] = (
                 "Tell staff members about credits issued since the last run"),
     PeriodicJob("payments.tasks.reconcile_stripe_daily", "17 3 * * *",
                 "Reconcile yesterday (the local day) with Stripe's balance transactions"),
+    PeriodicJob("reports.tasks.remove_old_report_exports", "41 4 * * *",
+                "Report exports finished over a week ago: their files and rows"),
     PeriodicJob("payments.tasks.open_due_plan_cycles", "23 * * * *",
                 "Invoice plans: open and bill the next cycle when it is due (recurs when); end pauses"),
 )

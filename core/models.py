@@ -29,6 +29,8 @@ class Client(models.Model):
 
     class Meta:
         ordering = ["name", "id"]
+        # Loading a file of clients (core.imports) is a manager's or finance's task, not the desk's.
+        permissions = [("import_client", "Can import clients from a file")]
         constraints = [
             models.UniqueConstraint(
                 Lower("email"),

@@ -101,6 +101,10 @@ ROLES: dict[str, list[str]] = {
         *_crud("core.client", *ALL),
         *_crud("core.businesssettings", "view", "change"),
         "core.override_credit_rules",
+        # Moving from a spreadsheet or another tool: clients, then their opening balances
+        # (core.admin_imports). "add credit grant" is exactly what an opening balance adds.
+        "core.import_client",
+        "ledger.add_creditgrant",
         *_VIEW_LEDGER,
         ADJUST_PERMISSION,
         *_crud("payments.purchase", "view"),
@@ -110,6 +114,9 @@ ROLES: dict[str, list[str]] = {
         # Recurring plans: sell, activate, pause, cancel.
         *_crud("payments.subscription", "view", "add", "change"),
         *_crud("payments.invoice", "view"),
+        # Finance reports (reports.admin): read them, download CSVs and background exports.
+        "reports.view_reports",
+        *_crud("reports.reportexport", "view"),
     ],
     FINANCE: [
         # Money: purchases (manual and late invoices), payments, the outstanding list.
@@ -134,6 +141,12 @@ ROLES: dict[str, list[str]] = {
         *_crud("core.businesssettings", "view"),
         *_VIEW_CATALOG,
         *_VIEW_LEDGER,
+        # Finance reports (reports.admin): read them, download CSVs and background exports.
+        "reports.view_reports",
+        *_crud("reports.reportexport", "view"),
+        # Imports of clients and opening balances (core.admin_imports), as for managers.
+        "core.import_client",
+        "ledger.add_creditgrant",
     ],
 }
 

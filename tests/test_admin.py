@@ -12,7 +12,7 @@ from django.contrib.auth.models import Group
 from django.urls import reverse
 from django.utils import timezone
 
-from catalog.models import CreditPack, SessionType
+from catalog.models import CreditPack, IntakeForm, IntakeQuestion, SessionType
 from core.bookings import booking_create
 from core.models import BusinessSettings, Client, EmailLog, StaffNotification
 from core.sessions import session_create
@@ -30,6 +30,7 @@ from payments.models import (
 from payments.refunds import refund_create
 from payments.services import payment_record, purchase_create
 from payments.subscriptions import subscription_create
+from reports.models import ReportExport
 
 
 OUR_APPS = {"core", "catalog", "ledger", "payments", "reports", "auth"}
@@ -80,6 +81,12 @@ def populated(db, client_a, client_b, massage, physio, coach, make_pack, sell, s
     ReconciliationLine.objects.create(
         run=run, type="charge", source_id="ch_admin_pages", amount=1000, currency="gbp",
         mismatch="paid_no_credits", detail="no purchase of ours",
+    )
+    ReportExport.objects.create(kind="ledger", created_by=staff_user)
+    screening = IntakeForm.objects.create(name="Hot stones screening")
+    IntakeQuestion.objects.create(
+        form=screening, text="Are you pregnant?", blocks_on_yes=True,
+        block_reason="Hot stones are not suitable during pregnancy.",
     )
     return pack
 

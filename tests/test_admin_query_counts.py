@@ -17,13 +17,22 @@ from django.utils import timezone
 from django_dramatiq.models import Task
 from dramatiq import Message
 
-from catalog.models import Category, CreditPack, PackCreditLine, PackStaffPrice, SessionType
+from catalog.models import (
+    Category,
+    CreditPack,
+    IntakeForm,
+    IntakeQuestion,
+    PackCreditLine,
+    PackStaffPrice,
+    SessionType,
+)
 from catalog.services import pack_snapshot
 from core.bookings import booking_create
 from core.models import Booking, BusinessSettings, Client, EmailLog, Session, StaffMember, StaffNotification
 from core.sessions import session_create
 from ledger.models import ClientBalance, CreditGrant, LedgerEntry
 from ledger.services import credits_adjust
+from reports.models import ReportExport
 from payments.models import (
     Invoice,
     OutstandingPurchase,
@@ -123,6 +132,21 @@ def add_invoices(world, n: int) -> None:
     Invoice.objects.bulk_create(
         Invoice(purchase=p, kind="offline", number=f"PD-{p.pk:06d}", amount=p.price, currency="GBP", status="open")
         for p in Purchase.objects.filter(invoices__isnull=True)
+    )
+
+
+def add_intake_forms(world, n: int) -> None:
+    forms = IntakeForm.objects.bulk_create(IntakeForm(name=name) for name in _names("form", n))
+    IntakeQuestion.objects.bulk_create(IntakeQuestion(form=form, text="Are you pregnant?") for form in forms)
+
+
+def add_report_exports(world, n: int) -> None:
+    ReportExport.objects.bulk_create(
+        ReportExport(
+            kind="ledger", status="done", rows_done=10, rows_total=10, file_name="packdesk_ledger.csv",
+            file_path="export_0.csv", created_by=world["user"], finished_at=timezone.now(),
+        )
+        for _ in range(n)
     )
 
 
@@ -284,6 +308,8 @@ LISTS = {
     StaffNotification: (add_staff_notifications, 5),  # + the staff members for the filter
     Invoice: (add_invoices, 4),
     Subscription: (add_subscriptions, 4),
+    ReportExport: (add_report_exports, 5),
+    IntakeForm: (add_intake_forms, 5),  # + whether an export is running (the page refreshes)
     ReconciliationRun: (add_reconciliation_runs, 4),  # open mismatches: an aggregate in the page's query
     ReconciliationLine: (add_reconciliation_runs, 5),  # + the runs for the run filter
 }

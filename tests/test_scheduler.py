@@ -33,6 +33,7 @@ def test_the_schedule_lists_the_periodic_jobs_with_their_cron_expressions():
         "core.tasks.notify_staff_of_issued_credits": "*/5 * * * *",
         "payments.tasks.reconcile_stripe_daily": "17 3 * * *",
         "payments.tasks.open_due_plan_cycles": "23 * * * *",
+        "reports.tasks.remove_old_report_exports": "41 4 * * *",
     }
     jobs = scheduled_jobs()
     for periodic in schedule.SCHEDULE:
