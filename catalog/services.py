@@ -10,6 +10,7 @@ from catalog.models import CreditPack, PackCreditLine, PackStaffPrice, SessionTy
 from catalog.validation import (
     LineData,
     StaffPriceData,
+    validate_add_on,
     validate_pack,
     validate_session_type_change,
 )
@@ -91,7 +92,8 @@ def pack_update(
 
 
 @transaction.atomic
-def session_type_update(*, session_type: SessionType, actor, **fields) -> SessionType:
+def session_type_update(*, session_type: SessionType, actor, add_on_for=None, **fields) -> SessionType:
+    """`add_on_for`: the base session types this one is an add-on for (None: unchanged)."""
     session_type = SessionType.objects.select_for_update().get(pk=session_type.pk)
     validate_session_type_change(
         session_type,
@@ -100,9 +102,16 @@ def session_type_update(*, session_type: SessionType, actor, **fields) -> Sessio
     )
     for name, value in fields.items():
         setattr(session_type, name, value)
+    bases = list(session_type.add_on_for.all()) if add_on_for is None else list(add_on_for)
+    validate_add_on(
+        session_type, add_on_for=bases, price=session_type.price, currency=session_type.currency,
+        intake_form=session_type.intake_form,
+    )
     session_type.full_clean()
     session_type._history_user = actor
     session_type.save()
+    if add_on_for is not None:
+        session_type.add_on_for.set(bases)
     return session_type
 
 

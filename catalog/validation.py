@@ -239,3 +239,75 @@ def validate_session_type_change(session_type: SessionType, *, archived: bool, r
             ]
     if errors:
         raise ValidationError(errors)
+
+
+# --- Add-ons and intake forms (seed 003) -------------------------------------------------------
+
+
+def validate_add_on(
+    session_type: SessionType, *, add_on_for: Iterable[SessionType], price, currency: str, intake_form,
+) -> None:
+    """An add-on extends main session types only: never itself, never another add-on.
+
+    `add_on_for` is the base session types being saved (empty: not an add-on). A price and an
+    intake form belong to add-ons, so they need a base session type too.
+    """
+    bases = list(add_on_for or [])
+    name = session_type.name or "this session type"
+    errors: dict[str, list[str]] = {}
+    base_ids = {base.pk for base in bases}
+    if session_type.pk is not None and session_type.pk in base_ids:
+        errors.setdefault("add_on_for", []).append(
+            f"An add-on cannot extend itself: remove {name} from the session types it is an add-on for."
+        )
+    through = SessionType.add_on_for.through
+    add_on_bases = sorted(
+        SessionType.objects.filter(pk__in=base_ids - {session_type.pk}, add_on_for__isnull=False)
+        .distinct().values_list("name", flat=True)
+    ) if base_ids else []
+    if add_on_bases:
+        errors.setdefault("add_on_for", []).append(
+            f"{', '.join(add_on_bases)} {'is' if len(add_on_bases) == 1 else 'are'} itself an add-on: "
+            "an add-on extends main session types only."
+        )
+    if bases and session_type.pk is not None:
+        own_add_ons = sorted(
+            through.objects.filter(to_sessiontype_id=session_type.pk)
+            .exclude(from_sessiontype_id=session_type.pk)
+            .values_list("from_sessiontype__name", flat=True)
+        )
+        if own_add_ons:
+            errors.setdefault("add_on_for", []).append(
+                f"{name} has add-ons of its own ({', '.join(own_add_ons)}), so it cannot be an add-on too."
+            )
+    if price is not None:
+        problems = _price_errors(price, currency or "", "Price")
+        if problems:
+            errors["price"] = problems
+    if not bases:
+        if price is not None:
+            errors.setdefault("price", []).append(
+                "Only an add-on has a price of its own: choose the session types it is an add-on for, "
+                "or leave the price empty."
+            )
+        if intake_form is not None:
+            errors["intake_form"] = [
+                "Only an add-on asks an intake form: choose the session types it is an add-on for, "
+                "or leave the form empty."
+            ]
+    if errors:
+        raise ValidationError(errors)
+
+
+def validate_intake_question(*, kind: str, blocks_on_yes: bool, block_reason: str) -> None:
+    """A blocking question is a yes/no question with a reason the client is shown."""
+    errors: dict[str, list[str]] = {}
+    if blocks_on_yes and kind != "yes_no":
+        errors["kind"] = ["Only a yes/no question can block an add-on: make it yes/no or untick “blocks on yes”."]
+    if blocks_on_yes and not (block_reason or "").strip():
+        errors["block_reason"] = [
+            "A blocking question needs the reason shown to the client, e.g. "
+            "“Hot stones are not suitable during pregnancy.”"
+        ]
+    if errors:
+        raise ValidationError(errors)

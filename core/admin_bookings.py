@@ -1,4 +1,5 @@
-"""Admin for bookings: book a client (with a pack sold on the spot), cancel, attended, no-show.
+"""Admin for bookings: book a client (with a pack sold on the spot), cancel, attended, no-show,
+and add an add-on (core.admin_addons).
 
 Bookings change only through core.bookings: the admin never edits or deletes one directly.
 """
@@ -15,8 +16,9 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from unfold.decorators import action, display
 
+from core.admin_addons import GROUP_RELATED, BookingAddOnsMixin, booking_paid_by, group_follows
 from core.admin_base import DiaryDateFilter, HistoryAdmin, diary_ordering, error_text, local_start, next_url
-from core.admin_display import BOOKING_RELATED, STATUS_LABELS, paid_by
+from core.admin_display import STATUS_LABELS
 from core.bookings import (
     FORFEIT,
     OVERRIDE_PERMISSION,
@@ -54,27 +56,27 @@ def _pk(object_id) -> int:
 
 
 @admin.register(Booking)
-class BookingAdmin(HistoryAdmin):
+class BookingAdmin(BookingAddOnsMixin, HistoryAdmin):
     list_display = ("client_name", "session_start", "session_what", "status_label", "paid_by_credit")
     list_display_links = ("client_name",)
     list_filter = (
         "status", BookingDateFilter, ("session__staff_member", admin.RelatedFieldListFilter),
         ("session__session_type", admin.RelatedFieldListFilter),
     )
-    list_select_related = BOOKING_RELATED
+    list_select_related = GROUP_RELATED
     search_fields = ("client__name", "client__email")
     fields = DETAIL_FIELDS
     readonly_fields = DETAIL_FIELDS
     actions = ["mark_attended_selected"]
     actions_row = ["cancel_booking", "mark_attended", "mark_no_show"]
-    actions_detail = ["cancel_booking", "mark_attended", "mark_no_show"]
+    actions_detail = ["add_add_on", "cancel_booking", "mark_attended", "mark_no_show"]
     show_full_result_count = False
 
     def get_ordering(self, request):
         return diary_ordering(request, "session__starts_at", ("-session__starts_at", "-id"))
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related(*BOOKING_RELATED)
+        return super().get_queryset(request).select_related(*GROUP_RELATED)
 
     # Status moves only through the actions below; bookings carry ledger entries, so they stay.
     def has_change_permission(self, request, obj=None) -> bool:
@@ -98,6 +100,10 @@ class BookingAdmin(HistoryAdmin):
             hidden.add("mark_attended")
         if now < booking.session.starts_at:
             hidden.add("mark_no_show")
+        else:
+            hidden.add("add_add_on")  # add-ons go with an upcoming session only
+        if booking.main_booking_id is not None:
+            hidden.add("add_add_on")
         return [a for a in actions if a.action_name.removeprefix("core_booking_") not in hidden]
 
     # --- Columns -----------------------------------------------------------------------------
@@ -108,6 +114,8 @@ class BookingAdmin(HistoryAdmin):
 
     @display(description="Session", ordering="session__session_type__name")
     def session_what(self, obj: Booking) -> str:
+        if obj.add_on_type_id is not None:
+            return f"{obj.add_on_type} (add-on) with {obj.session.staff_member}"
         return f"{obj.session.session_type} with {obj.session.staff_member}"
 
     @display(description="Start", ordering="session__starts_at")
@@ -120,7 +128,7 @@ class BookingAdmin(HistoryAdmin):
 
     @display(description="Paid with")
     def paid_by_credit(self, obj: Booking):
-        paid = paid_by(obj)
+        paid = booking_paid_by(obj)
         if paid.held_until_paid:
             return format_html("{} <strong>— held until paid</strong>", paid.text)
         return paid.text
@@ -183,7 +191,7 @@ class BookingAdmin(HistoryAdmin):
     # --- Changing a booking's status (confirmation pages) ------------------------------------
 
     def _open_booking(self, request, object_id) -> Booking:
-        booking = Booking.objects.select_related(*BOOKING_RELATED).filter(pk=_pk(object_id)).first()
+        booking = Booking.objects.select_related(*GROUP_RELATED).filter(pk=_pk(object_id)).first()
         if booking is None:
             raise Http404("No such booking.")
         if not self.has_view_permission(request, booking):
@@ -202,7 +210,7 @@ class BookingAdmin(HistoryAdmin):
             "opts": self.model._meta,
             "original": booking,
             "booking": booking,
-            "paid_by": paid_by(booking),
+            "paid_by": booking_paid_by(booking),
             "explanation": explanation,
             "verdict": verdict,  # (text, label colour) shown before the explanation
             "button": button,
@@ -253,6 +261,7 @@ class BookingAdmin(HistoryAdmin):
             explanation = f"The deadline is {window}, so the credit returns to {booking.client.name}'s balance."
         else:
             explanation = f"The deadline was {window}, so the credit is forfeited."
+        explanation += group_follows(booking, "cancelled under the same rule, freeing the staff member's time")
         return self._confirm_page(
             request, booking, title="Cancel this booking?", explanation=explanation,
             button="Yes, cancel the booking", form=form, back=back,
@@ -275,7 +284,7 @@ class BookingAdmin(HistoryAdmin):
                 return redirect(back)
         return self._confirm_page(
             request, booking, title="Mark attended?", button="Yes, mark attended", back=back,
-            explanation="The credit stays used: the visit happened.",
+            explanation="The credit stays used: the visit happened." + group_follows(booking, "marked attended too"),
         )
 
     @action(description="Mark no-show", url_path="no-show", icon="person_off", permissions=["change_status"])
@@ -302,7 +311,7 @@ class BookingAdmin(HistoryAdmin):
                 return redirect(back)
         explanation = (
             "A no-show forfeits the credit." if has_credit else "No credit was used for this booking, so none moves."
-        )
+        ) + group_follows(booking, "no-shows too, under the same rule")
         return self._confirm_page(
             request, booking, title="Mark as a no-show?", explanation=explanation,
             button="Yes, mark no-show", form=form, back=back, verdict=("No-show", "danger"),
@@ -311,7 +320,7 @@ class BookingAdmin(HistoryAdmin):
     @admin.action(description="Mark selected bookings attended", permissions=["change_status"])
     def mark_attended_selected(self, request, queryset):
         """A class's register in one go, after a confirmation page listing who is marked."""
-        bookings = list(queryset.select_related(*BOOKING_RELATED).order_by("session__starts_at", "client__name"))
+        bookings = list(queryset.select_related(*GROUP_RELATED).order_by("session__starts_at", "client__name"))
         if request.POST.get("confirmed") != "yes":
             context = {
                 **self.admin_site.each_context(request),
@@ -322,14 +331,18 @@ class BookingAdmin(HistoryAdmin):
                 "media": self.media,
             }
             return TemplateResponse(request, "admin/core/booking/attended_confirmation.html", context)
-        done = 0
-        for booking in bookings:
+        done, marked = 0, set()
+        for booking in bookings:  # main bookings first: their sessions start before their add-ons'
+            if booking.main_booking_id in marked:
+                done += 1  # marked attended with its main booking
+                continue
             try:
                 booking_mark_attended(booking=booking, actor=request.user)
             except DOMAIN_ERRORS as exc:
                 messages.error(request, f"{booking.client.name}, {booking.session}: {error_text(exc)}")
             else:
                 done += 1
+                marked.add(booking.pk)
         if done:
             messages.success(request, f"{done} booking(s) marked attended.")
         return None

@@ -1,14 +1,15 @@
 """Reads for the client's own page (/me/<token>/): their credits, bookings and open sessions.
 
 Every query is scoped to one client and runs a fixed number of times per page, whatever the
-number of bookings, grants or sessions.
+number of bookings, grants or sessions. A booking group (a main booking and its add-ons, seed
+003) is one visit on the page: add-on bookings are listed inside their main booking.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from core.models import PLACE_HOLDING, Booking, BookingStatus, Client, Session
@@ -38,18 +39,47 @@ class PlanRow:
 
 
 @dataclass
+class Visit:
+    """A booking group as the client sees it: the main booking, its extras, what they may do."""
+
+    booking: Booking
+    paid_with: str
+    extras: list[tuple[Booking, str]] = field(default_factory=list)  # (add-on booking, how it is paid)
+    in_time: bool = True  # still inside the free cancellation window
+    may_add: bool = False  # an add-on is linked to this session type and not in the group yet
+
+
+@dataclass
 class ClientPage:
     balances: list[Balance]
-    upcoming: list[Booking]
-    past: list[Booking]
+    upcoming: list[Visit]
+    past: list[Visit]
     offers: list[PackOffer] = field(default_factory=list)
     plans: list[PlanRow] = field(default_factory=list)
 
 
+_BOOKING_RELATED = (
+    "session__session_type", "session__staff_member", "used_entry__grant__purchase", "purchase", "add_on_type",
+)
+
+
 def _bookings(client: Client) -> QuerySet[Booking]:
-    # The used entry's grant's purchase carries the snapshot that names the pack a visit used.
-    return Booking.objects.filter(client=client).select_related(
-        "session__session_type", "session__staff_member", "used_entry__grant__purchase"
+    # The used entry's grant's purchase carries the snapshot that names the pack a visit used;
+    # an add-on sold at its price has no entry, its own purchase says what is owed.
+    return Booking.objects.filter(client=client).select_related(*_BOOKING_RELATED)
+
+
+def _groups(client: Client) -> QuerySet[Booking]:
+    """Main bookings with their add-ons (one more query per list, whatever its length).
+
+    An add-on cancelled in time left no trace worth showing; a late-cancelled one used a credit.
+    """
+    extras = (
+        Booking.objects.exclude(status=BookingStatus.CANCELLED)
+        .select_related(*_BOOKING_RELATED).order_by("session__starts_at", "id")
+    )
+    return _bookings(client).filter(main_booking__isnull=True).prefetch_related(
+        Prefetch("add_ons", queryset=extras, to_attr="extras")
     )
 
 
@@ -63,6 +93,50 @@ def credit_label(booking: Booking) -> str:
         return "Credit added by the studio"
     name = (purchase.snapshot or {}).get("name") or "your pack"
     return f"1 credit from {name}" if not entry.grant.unlimited else f"Membership: {name}"
+
+
+def paid_with(booking: Booking) -> str:
+    """credit_label, or for an add-on sold at its own price what is owed (seed 003)."""
+    purchase = booking.purchase
+    if booking.used_entry_id is None and purchase is not None and (purchase.snapshot or {}).get("add_on"):
+        from payments.models import PurchaseStatus
+        from payments.public_views import money  # payments builds on core; imported late
+
+        price = money(purchase.price, purchase.currency)
+        if purchase.status == PurchaseStatus.PAID:
+            return f"{price}, paid"
+        if purchase.status == PurchaseStatus.PENDING:
+            return f"{price} to pay at your visit"
+        return f"{price}, {purchase.get_status_display().lower()}"
+    return credit_label(booking)
+
+
+def add_on_types_for(session_type_ids) -> dict[int, set[int]]:
+    """Base session type id -> ids of the add-ons (not archived) linked to it, in one query."""
+    from catalog.models import SessionType
+
+    links = SessionType.add_on_for.through.objects.filter(
+        to_sessiontype_id__in=set(session_type_ids), from_sessiontype__archived=False,
+    ).values_list("to_sessiontype_id", "from_sessiontype_id")
+    found: dict[int, set[int]] = {}
+    for base_id, add_on_id in links:
+        found.setdefault(base_id, set()).add(add_on_id)
+    return found
+
+
+def _visit(booking: Booking, *, now=None, linked: dict[int, set[int]] | None = None) -> Visit:
+    from core.bookings import cancellation_deadline
+
+    extras = getattr(booking, "extras", [])
+    visit = Visit(booking=booking, paid_with=paid_with(booking), extras=[(e, paid_with(e)) for e in extras])
+    if now is not None:
+        visit.in_time = now <= cancellation_deadline(booking.session)
+    if linked is not None:
+        # What core.addons.addon_options would offer, without asking it once per booking: a
+        # linked add-on not yet held in the group. The extras page asks the service itself.
+        held = {e.add_on_type_id for e in extras if e.status in PLACE_HOLDING}
+        visit.may_add = bool(linked.get(booking.session.session_type_id, set()) - held)
+    return visit
 
 
 def _offers(balances: list[Balance]) -> list[PackOffer]:
@@ -84,16 +158,23 @@ def client_page(client: Client) -> ClientPage:
     now = timezone.now()
     balances = balances_for_client(client.pk)
     upcoming = list(
-        _bookings(client).filter(status=BookingStatus.BOOKED, session__starts_at__gt=now)
+        _groups(client).filter(status=BookingStatus.BOOKED, session__starts_at__gt=now)
         .order_by("session__starts_at", "id")
     )
     # Past visits and late cancellations: both used a credit. In-time cancellations gave it back.
     past = list(
-        _bookings(client).exclude(status=BookingStatus.CANCELLED)
+        _groups(client).exclude(status=BookingStatus.CANCELLED)
         .exclude(status=BookingStatus.BOOKED, session__starts_at__gt=now)
         .order_by("-session__starts_at", "-id")[:PAST_SHOWN]
     )
-    return ClientPage(balances=balances, upcoming=upcoming, past=past, offers=_offers(balances), plans=plan_rows(client))
+    # core.addons offers nothing to an archived client: neither does the page.
+    linked = {}
+    if upcoming and not client.archived:
+        linked = add_on_types_for(b.session.session_type_id for b in upcoming)
+    return ClientPage(
+        balances=balances, upcoming=[_visit(b, now=now, linked=linked) for b in upcoming],
+        past=[_visit(b) for b in past], offers=_offers(balances), plans=plan_rows(client),
+    )
 
 
 # A cancelled plan stays on the page this long, so the client sees their cancellation went through.
@@ -226,9 +307,17 @@ def book_page(client: Client, *, session_type_id: int | None, staff_id: int | No
 
 
 def booking_of(client: Client, booking_id: int) -> Booking | None:
-    """The client's own booking, or None: asked by client AND id, so another's is never found."""
+    """The client's own booking, or None: asked by client AND id, so another's is never found.
+
+    With its add-ons (as .extras) and, for an add-on, its main booking's session: the cancel and
+    extras pages say what happens to the rest of the group.
+    """
+    extras = Booking.objects.filter(status__in=PLACE_HOLDING).select_related(*_BOOKING_RELATED).order_by(
+        "session__starts_at", "id"
+    )
     return (
-        Booking.objects.filter(client=client, pk=booking_id)
-        .select_related("session__session_type", "session__staff_member", "used_entry__grant__purchase")
+        _bookings(client).filter(pk=booking_id)
+        .select_related("main_booking__session__session_type")
+        .prefetch_related(Prefetch("add_ons", queryset=extras, to_attr="extras"))
         .first()
     )

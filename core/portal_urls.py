@@ -1,7 +1,7 @@
 """The client's own page, mounted at /me/ (config/urls.py). /me/link/ is core.portal_link's."""
 from django.urls import path, register_converter
 
-from core import optout_views, portal_link_views, portal_views
+from core import optout_views, portal_addon_views, portal_link_views, portal_views
 
 app_name = "portal"
 
@@ -28,4 +28,8 @@ urlpatterns = [
     path("<portal_token:token>/book/<str:session_id>/", portal_views.book, name="book"),
     path("<portal_token:token>/bookings/<str:booking_id>/cancel/", portal_views.cancel, name="cancel"),
     path("<portal_token:token>/plans/<str:plan_id>/cancel/", portal_views.plan_cancel, name="plan_cancel"),
+    # Add-ons (seed 003): the extras offered for one booking, then one extra's intake form and confirm.
+    path("<portal_token:token>/bookings/<str:booking_id>/extras/", portal_addon_views.extras, name="extras"),
+    path("<portal_token:token>/bookings/<str:booking_id>/extras/<str:type_id>/", portal_addon_views.extra_add,
+         name="extra_add"),
 ]

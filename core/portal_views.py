@@ -20,14 +20,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from core.bookings import booking_cancel, booking_create, cancellation_deadline
 from core.exceptions import BookingError
-from core.models import BookingStatus, Session
+from core.models import Booking, BookingStatus, Session
 from core.portal_selectors import (
     BOOKING_HORIZON,
     book_page,
     booking_of,
     client_page,
-    credit_label,
     open_sessions,
+    paid_with,
     plan_of,
     plan_row,
 )
@@ -78,20 +78,18 @@ def _home_url(token: str) -> str:
 @require_GET
 @with_client
 def home(request: HttpRequest, token: str, client) -> HttpResponse:
-    data = client_page(client)
     context = {
         "token": token,
         "client": client,
         "first_name": (client.name.split() or [""])[0],
-        "page": data,
-        "upcoming": [(b, timezone.now() <= cancellation_deadline(b.session)) for b in data.upcoming],
-        "past": [(b, credit_label(b)) for b in data.past],
+        "page": client_page(client),
     }
     return _page(request, "portal/home.html", context)
 
 
 def _int_or_none(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() and len(value) < 12 else None
+    # isascii: "²".isdigit() is true, but int("²") raises.
+    return int(value) if value and value.isascii() and value.isdigit() and len(value) < 12 else None
 
 
 def _book_page(request: HttpRequest, token: str, client, *, error: str = "", status: int = 200) -> HttpResponse:
@@ -166,20 +164,42 @@ def cancel(request: HttpRequest, token: str, client, booking_id: str) -> HttpRes
         if request.POST.get("expected") == "in_time" and not in_time:
             error, status = "The free cancellation window has just closed: read the page again.", 409
         else:
+            extras = [e for e in booking.extras if e.status == BookingStatus.BOOKED]
             try:
-                booking = booking_cancel(booking=booking, actor=None)
+                cancelled = booking_cancel(booking=booking, actor=None)
             except (BookingError, LedgerError) as exc:
                 error, status = str(exc), 409
             else:
-                text = "your credit is back" if booking.status == BookingStatus.CANCELLED else "the credit was used"
-                messages.success(request, f"Cancelled: {booking.session}; {text}.")
+                messages.success(request, _cancelled_message(booking, cancelled, extras))
                 return HttpResponseRedirect(_home_url(token), status=303)
     context = {
         "token": token, "client": client, "booking": booking, "in_time": in_time, "error": error,
-        "deadline": cancellation_deadline(booking.session), "credit": credit_label(booking),
+        "deadline": cancellation_deadline(booking.session), "credit": paid_with(booking),
         "can_cancel": booking.status == BookingStatus.BOOKED and booking.session.starts_at > now,
+        "extras": [(e, paid_with(e)) for e in booking.extras if e.status == BookingStatus.BOOKED],
+        # An add-on sold at its price has no credit at stake: what happens is about its purchase.
+        "priced": booking.purchase.status if booking.used_entry_id is None and booking.purchase_id else "",
     }
     return _page(request, "portal/cancel.html", context, status=status)
+
+
+def _cancelled_message(before: Booking, booking: Booking, extras: list[Booking]) -> str:
+    if booking.used_entry_id is not None:
+        text = "your credit is back" if booking.status == BookingStatus.CANCELLED else "the credit was used"
+    elif before.purchase_id is not None:
+        # An add-on sold at its price: an unpaid purchase is cancelled with it (core.addons).
+        from payments.models import Purchase, PurchaseStatus
+
+        paid = Purchase.objects.filter(pk=before.purchase_id, status=PurchaseStatus.PAID).exists()
+        text = "you paid for it: please ask us about a refund" if paid else "nothing to pay for it"
+    else:
+        text = "no credit was needed"
+    # before.session: a cancelled add-on's own session leaves the diary (core.addons.addon_release).
+    message = f"{'Removed' if before.main_booking_id else 'Cancelled'}: {before.session}; {text}."
+    if extras:
+        names = ", ".join(str(e.add_on_type) for e in extras)
+        message += f" Cancelled with it: {names}."
+    return message
 
 
 @require_http_methods(["GET", "POST"])

@@ -16,11 +16,12 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
-from catalog.models import Category, CreditPack, SessionType
+from catalog.models import Category, CreditPack, IntakeForm, IntakeQuestion, SessionType
 from catalog.services import pack_create
 from catalog.validation import LineData, StaffPriceData
+from core.addons import addon_attach
 from core.bookings import booking_cancel, booking_create, booking_mark_attended, booking_mark_no_show
-from core.models import Booking, Client, Session, StaffMember, WorkingHours
+from core.models import Booking, BookingStatus, Client, Session, StaffMember, WorkingHours
 from core.services import client_create
 from core.sessions import session_create
 from ledger.integrity import ledger_check
@@ -42,7 +43,7 @@ WALK_INS = [("Hedy Lamarr", "hedy@example.com"), ("Annie Easley", "annie@example
 
 OPENS, CLOSES = time(7), time(21)  # Monday to Saturday
 PT_TIMES = (time(7), time(12), time(17, 30))  # Sam
-MASSAGE_TIMES = (time(10), time(15))  # Jo
+MASSAGE_TIMES = (time(10), time(15))  # Jo; the hour after each is free for an add-on
 YOGA_TIMES = {0: time(18, 30), 2: time(18, 30), 4: time(18, 30), 5: time(8, 30)}  # Jo: Mon Wed Fri, Sat
 PAST_DAYS, AHEAD_DAYS = 7, 14
 
@@ -86,11 +87,12 @@ class Command(BaseCommand):
         yoga = SessionType.objects.create(
             name="Yoga class", category=group, duration_minutes=75, cancellation_window_hours=12
         )
+        hot_stones = self._hot_stones(private, massage)
         staff = []
         for username, name in [("sam", "Sam Okafor"), ("jo", "Jo Lindqvist")]:
             user = User.objects.create_user(username, f"{username}@example.com", secrets.token_urlsafe(12), is_staff=True)
             member = StaffMember.objects.create(user=user, display_name=name)
-            member.session_types.set([pt, massage, yoga])
+            member.session_types.set([pt, massage, yoga, hot_stones])
             for weekday in range(6):
                 WorkingHours.objects.create(staff_member=member, weekday=weekday, starts=OPENS, ends=CLOSES)
             staff.append(member)
@@ -135,11 +137,46 @@ class Command(BaseCommand):
         clients = self._clients_with_paid_packs(admin, [ten_pt, five_massage, yoga_month])
         self._bookings(admin, diary, clients)
         self._walk_ins(admin, diary, five_massage=five_massage, intro_offer=intro_offer)
+        self._add_on_booked(admin, clients["massage"][-1], hot_stones)
         self._plans(admin, yoga_membership=yoga_membership, pt_monthly=pt_monthly)
         credits_adjust(
             client=Client.objects.get(email="ada@example.com"), session_type=pt, amount=1,
             reason="Goodwill: session cut short by a fire alarm", actor=admin,
         )
+
+    def _hot_stones(self, category, massage) -> SessionType:
+        """An add-on to a massage (seed 003), sold at its price after a short health screening."""
+        screening = IntakeForm.objects.create(
+            name="Hot stones screening",
+            intro="Hot stones are heated basalt stones placed on the body. Please answer before we add them.",
+        )
+        IntakeQuestion.objects.create(
+            form=screening, position=1, text="Are you pregnant?", blocks_on_yes=True,
+            block_reason="Hot stones are not suitable during pregnancy.",
+        )
+        IntakeQuestion.objects.create(form=screening, position=2, text="Do you have any skin conditions?")
+        IntakeQuestion.objects.create(
+            form=screening, position=3, text="Anything else we should know?", kind="text", required=False,
+        )
+        hot_stones = SessionType.objects.create(
+            name="Hot stones, 30 min", category=category, duration_minutes=30, price=Decimal("25.00"),
+            currency="GBP", intake_form=screening,
+        )
+        hot_stones.add_on_for.add(massage)
+        return hot_stones
+
+    def _add_on_booked(self, admin, client, hot_stones) -> None:
+        """One massage client already added hot stones at the desk (to pay at the visit); the
+        others' upcoming massages leave the hour after free, so the add-on is offered on their page."""
+        booking = Booking.objects.filter(
+            client=client, status=BookingStatus.BOOKED, session__starts_at__gt=timezone.now(),
+            main_booking__isnull=True,
+        ).order_by("session__starts_at").first()
+        if booking is None:
+            return
+        questions = hot_stones.intake_form.questions.order_by("position")
+        answers = {str(q.pk): answer for q, answer in zip(questions, ("no", "yes", "Mild eczema"))}
+        addon_attach(booking=booking, add_on_type=hot_stones, actor=admin, answers=answers)
 
     def _plans(self, admin, *, yoga_membership, pt_monthly) -> None:
         """One invoice plan paid at the desk for its first cycle, one card plan awaiting Stripe."""
