@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only redeem,changelist,expiry,webhooks] [sizes...]
+"""python -m bench [--quick] [--only redeem,changelist,expiry,webhooks,export] [sizes...]
 
 Needs DATABASE_URL naming a PostgreSQL database the bench may empty (TRUNCATE) at will.
 """
@@ -19,7 +19,7 @@ from bench.common import (
     setup_django,
 )
 
-MEASUREMENTS = ("redeem", "changelist", "expiry", "webhooks")
+MEASUREMENTS = ("redeem", "changelist", "expiry", "webhooks", "export", "faults")
 # (default, --quick) per size option
 SIZES = {
     "clients": (10_000, 500),
@@ -32,6 +32,8 @@ SIZES = {
     "expiry_total": (1_000_000, 20_000),
     "webhook_events": (2_000, 200),
     "webhook_clients": (8, 8),
+    "export_entries": (1_000_000, 20_000),
+    "export_repeats": (3, 1),
 }
 
 
@@ -59,6 +61,8 @@ def parse_args(argv):
         "expiry_total": "all grants, due or not, for the expiry sweep (default 1000000)",
         "webhook_events": "signed events posted to the webhook, for webhooks (default 2000)",
         "webhook_clients": "concurrent client threads posting them (default 8)",
+        "export_entries": "ledger entries exported to CSV, for export (default 1000000)",
+        "export_repeats": "timed runs of each export (median; default 3)",
     }
     for name, text in helps.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=text)
@@ -74,6 +78,8 @@ def parse_args(argv):
         parser.error("need at least one worker and one redemption per worker")
     if args.webhook_clients < 1 or args.webhook_events < 1:
         parser.error("need at least one webhook client and one event")
+    if args.export_entries < 1 or args.export_repeats < 1:
+        parser.error("need at least one ledger entry and one run to export")
     return args
 
 
@@ -84,7 +90,12 @@ def main(argv=None) -> int:
               "measures PostgreSQL locking and truncates the app tables).", file=sys.stderr)
         return 2
     setup_django()
+    import logging
+
     from django.core.management import call_command
+
+    # One audit line per ledger entry and webhook would bury the figures (and cost time).
+    logging.getLogger("packdesk.audit").setLevel(logging.WARNING)
 
     call_command("migrate", interactive=False, verbosity=0)
     guard_database(allow_wipe=args.allow_wipe)
@@ -121,11 +132,23 @@ def main(argv=None) -> int:
         for result in webhooks.run(events=args.webhook_events, clients=args.webhook_clients,
                                    actor=bench_user()):
             emit(result)
+    if "export" in args.only:
+        from bench import export
+
+        for result in export.run(entries=args.export_entries, repeats=args.export_repeats,
+                                 actor=bench_user()):
+            emit(result)
+    faults_failed = 0
+    if "faults" in args.only:
+        # Pass/fail, not a figure: on throwaway servers of its own (bench/faults.py).
+        from bench import faults
+
+        faults_failed = faults.run(faults.BENCH_SCENARIOS)
     if not args.keep:
         reset_database()
     log(f"done in {time.monotonic() - started:.0f}s, load average {os.getloadavg()[0]:.2f}"
         + ("" if args.keep else "; app tables emptied"))
-    return 0
+    return 1 if faults_failed else 0
 
 
 if __name__ == "__main__":

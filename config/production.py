@@ -6,6 +6,8 @@ import os
 from django.core.exceptions import ImproperlyConfigured
 
 os.environ.setdefault("DEBUG", "false")
+# One JSON object per log line for the log collector; LOG_FORMAT=text for reading by eye.
+os.environ.setdefault("LOG_FORMAT", "json")
 
 from config.settings import *  # noqa: E402,F403
 from config.settings import env_bool  # noqa: E402
@@ -29,6 +31,9 @@ PACKDESK_INPROCESS_WORKER = False
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+# /healthz is answered before SecurityMiddleware (core.middleware.HealthCheckMiddleware); this
+# keeps a load balancer's plain-HTTP probe working should that middleware ever move down.
+SECURE_REDIRECT_EXEMPT = [r"^healthz/?$"]
 SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", str(60 * 60 * 24 * 365)))
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True

@@ -6,9 +6,11 @@ Production imports this module from config.production, which refuses unsafe valu
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONCE, NONE, SELF, UNSAFE_EVAL, UNSAFE_INLINE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("PACKDESK_VAR_DIR", BASE_DIR / "var"))
@@ -44,6 +46,8 @@ INSTALLED_APPS = [
     "import_export",
     "simple_history",
     "django_dramatiq",
+    "csp",
+    "axes",
     "core",
     "catalog",
     "ledger",
@@ -55,7 +59,14 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz is answered here, before host checks, the HTTPS redirect and sessions.
+    "core.middleware.HealthCheckMiddleware",
+    "core.middleware.RequestIdMiddleware",
+    # A lost database connection answers a plain 503 (no traceback) and recovers by itself.
+    "core.db_errors.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "core.middleware.SecurityHeadersMiddleware",
+    "core.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -63,6 +74,14 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
+    # Last, as django-axes requires: it turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
+]
+
+# django-axes first: it refuses a locked-out username + address before the password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -85,7 +104,12 @@ TEMPLATES = [
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    # An unreachable database host fails a request (and /healthz) in seconds, not a TCP timeout.
+    # A connect_timeout in the URL's query string wins.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", int(os.environ.get("DATABASE_CONNECT_TIMEOUT", "5"))
+    )
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -166,6 +190,8 @@ if REDIS_URL:
             "django_dramatiq.middleware.DbConnectionsMiddleware",
             # Keeps the last failure's traceback with a dead message (admin: Tasks > Dead letters).
             "config.dead_letters.DeadLetterFailure",
+            # The enqueuing request's id travels with the job, for its log lines.
+            "core.middleware.DramatiqRequestId",
         ],
     }
 else:
@@ -180,6 +206,8 @@ else:
             "django_dramatiq.middleware.DbConnectionsMiddleware",
             # Keeps the last failure's traceback with a dead message (admin: Tasks > Dead letters).
             "config.dead_letters.DeadLetterFailure",
+            # The enqueuing request's id travels with the job, for its log lines.
+            "core.middleware.DramatiqRequestId",
         ],
     }
 # Shared cache (rate limits need one store for every web process): Redis when configured.
@@ -209,14 +237,119 @@ UNFOLD = {
     "DASHBOARD_CALLBACK": "core.dashboard.dashboard_callback",
 }
 
+# --- Health check (/healthz, core.health) ---------------------------------------------------
+# Above these waits the check answers "degraded" (still 200): jobs waiting in the queue, and
+# Stripe events stored but not yet processed (the sweep runs every 5 minutes).
+HEALTHZ_QUEUE_LAG_SECONDS = int(os.environ.get("HEALTHZ_QUEUE_LAG_SECONDS", "300"))
+HEALTHZ_STRIPE_EVENT_LAG_SECONDS = int(os.environ.get("HEALTHZ_STRIPE_EVENT_LAG_SECONDS", "900"))
+HEALTHZ_TIMEOUT_SECONDS = float(os.environ.get("HEALTHZ_TIMEOUT_SECONDS", "1"))
+
+# --- Security headers ---------------------------------------------------------------------
+# Django itself sends X-Content-Type-Options, Referrer-Policy, X-Frame-Options and COOP.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+# same-origin: a client's personal link (/me/<token>/) never leaves in a Referer header.
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+PERMISSIONS_POLICY = (
+    "accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), microphone=(), "
+    "payment=(), usb=()"
+)
+
+
+def _origin(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}" if rest else ""
+
+
+# Content-Security-Policy (django-csp; core.middleware.ContentSecurityPolicyMiddleware).
+# Public and portal pages: scripts and <style> only from this site or carrying the request's
+# nonce (templates: nonce="{{ request.csp_nonce }}"); no inline event handlers (onsubmit=...).
+# Forms may post here only; the buy form's answer redirects to Stripe Checkout, which
+# form-action also governs, and PUBLIC_BASE_URL's origin (the test-mode checkout) when the
+# site is reached under another name.
+_FORM_TARGETS = [SELF, "https://checkout.stripe.com", _origin(PUBLIC_BASE_URL)]
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, NONCE],
+        "img-src": [SELF, "data:"],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [value for value in _FORM_TARGETS if value],
+        "frame-ancestors": [NONE],
+    },
+}
+# The admin (unfold) runs inline scripts and Alpine.js, which evaluates strings: it gets its own
+# enforced policy that still forbids framing, other sites' scripts, off-site form posts and plugins.
+ADMIN_CSP_PATH = "/admin/"
+ADMIN_CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, UNSAFE_INLINE, UNSAFE_EVAL],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF, "data:"],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+
+# --- Admin sign-in throttling (django-axes) -------------------------------------------------
+# After AXES_FAILURE_LIMIT wrong passwords for one username from one address, that pair is
+# refused (even with the right password) for AXES_COOLOFF_MINUTES; other users and other
+# addresses are not affected. A successful sign-in clears the count. Attempts are kept in the
+# database (shared by every web process, no Redis needed). Unlock early with
+# `manage.py axes_reset_username <username>`.
+AXES_FAILURE_LIMIT = int(os.environ.get("AXES_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("AXES_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+# The same client address as the portal's rate limit: honours TRUSTED_PROXY_COUNT.
+AXES_CLIENT_IP_CALLABLE = "core.portal_link_views.client_ip"
+AXES_LOCKOUT_CALLABLE = "core.login_lockout.admin_lockout_response"
+# Its admin pages are not unfold pages; attempts are listed with `manage.py axes_list_attempts`.
+AXES_ENABLE_ADMIN = False
+# Successful sign-ins are in the log already (and would grow a table without limit).
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False  # its start-up banner on every manage.py command
+
+# --- Logging ------------------------------------------------------------------------------
+# LOG_FORMAT=json: one JSON object per line (config.production's default); "text" for people.
+# Every line carries the request id (X-Request-ID in and out; jobs inherit their request's).
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower()
+if LOG_FORMAT not in ("text", "json"):
+    LOG_FORMAT = "text"
+# Error pages and error reports also hide the password inside URL-valued settings.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "config.log.ExceptionReporterFilter"
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {
+        "request_id": {"()": "config.log.RequestIdFilter"},
+        "redact_secrets": {"()": "config.log.RedactSecretsFilter"},
+    },
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "config.log.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["request_id", "redact_secrets"],
+            "formatter": LOG_FORMAT,
+        },
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # Django's own logger already has a handler; without this each line printed twice.
     "loggers": {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # runserver's request lines: through our filters too (a portal link is in the path).
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # The SDK logs every request at INFO; keep its warnings and errors only.
         "stripe": {"level": "WARNING"},
         # The scheduler logs every run (its lock is renewed every 5 s); keep failures only.

@@ -5,7 +5,8 @@ from datetime import datetime, time, timedelta
 
 from django.contrib import admin
 from django.contrib.admin import ModelAdmin as DjangoModelAdmin
-from django.core.exceptions import ValidationError
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import dateformat, timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from import_export.admin import ExportMixin, ImportExportModelAdmin
@@ -20,12 +21,29 @@ from unfold.contrib.import_export.forms import ExportForm, ImportForm
 class _ExportModelAdmin(ExportMixin, DjangoModelAdmin):
     """import-export has no export-only ModelAdmin; this puts ExportMixin ahead of Django's."""
 
+    def has_export_permission(self, request) -> bool:
+        # import-export lets every staff login export when IMPORT_EXPORT_EXPORT_PERMISSION_CODE is
+        # unset: an export is the list's rows in a file, so it needs what the list needs.
+        return self.has_view_or_change_permission(request)
 
-class HistoryAdmin(SimpleHistoryAdmin, ModelAdmin):
+
+class GuardedHistoryMixin:
+    """simple-history's version page saves a POST (a "revert") after checking only the *view*
+    permission, even where the admin refuses every change: a revert is a change of the row."""
+
+    def history_form_view(self, request, object_id, version_id, extra_context=None):
+        if request.method == "POST":
+            obj = self.get_object(request, unquote(object_id))
+            if obj is None or not self.has_change_permission(request, obj):
+                raise PermissionDenied
+        return super().history_form_view(request, object_id, version_id, extra_context)
+
+
+class HistoryAdmin(GuardedHistoryMixin, SimpleHistoryAdmin, ModelAdmin):
     pass
 
 
-class HistoryImportExportAdmin(SimpleHistoryAdmin, ModelAdmin, ImportExportModelAdmin):
+class HistoryImportExportAdmin(GuardedHistoryMixin, SimpleHistoryAdmin, ModelAdmin, ImportExportModelAdmin):
     import_form_class = ImportForm
     export_form_class = ExportForm
 
@@ -33,8 +51,11 @@ class HistoryImportExportAdmin(SimpleHistoryAdmin, ModelAdmin, ImportExportModel
         # import-export lets anyone who can open the list import; an import adds and changes rows.
         return self.has_add_permission(request) and self.has_change_permission(request)
 
+    def has_export_permission(self, request) -> bool:
+        return self.has_view_or_change_permission(request)
 
-class HistoryExportAdmin(SimpleHistoryAdmin, ModelAdmin, _ExportModelAdmin):
+
+class HistoryExportAdmin(GuardedHistoryMixin, SimpleHistoryAdmin, ModelAdmin, _ExportModelAdmin):
     export_form_class = ExportForm
 
 

@@ -11,6 +11,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from core.audit_log import audit_on_commit
 from ledger.models import ClientBalance, CreditGrant, GrantState
 
 _EXPIRE_ENTRIES_SQL = """
@@ -63,6 +64,8 @@ def _expire_batch(now: datetime, batch_size: int, after_id: int) -> tuple[list[i
                 cursor.execute(_EXPIRE_ENTRIES_SQL.format(ids=placeholders), [now, *ids])
                 cursor.execute(_EXPIRE_BALANCES_SQL.format(ids=placeholders), [now, *ids])
             CreditGrant.objects.filter(pk__in=ids).update(state=GrantState.EXPIRED, remaining=0)
+            # The entries are written in SQL (no post_save), so the audit line is one per batch.
+            audit_on_commit("ledger.expired", grants=len(ids), first_grant_id=ids[0], last_grant_id=ids[-1])
         return candidates, len(ids)
 
 

@@ -234,9 +234,14 @@ def pack_list(request: HttpRequest) -> HttpResponse:
     return _list_page(request)
 
 
+def _id(value: str) -> int | None:
+    """A row id typed into a URL or a form: ASCII digits only ("²".isdigit() is true, int("²") fails)."""
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 12 else None
+
+
 @require_POST
 def pack_buy(request: HttpRequest, pack_id: str) -> HttpResponse:
-    failed = int(pack_id) if pack_id.isdigit() and len(pack_id) < 12 else None
+    failed = _id(pack_id)
     form = BuyForm(request.POST)
     if failed is None:
         return _list_page(request, status=404, form=form, error=NotOnSale.message)
@@ -247,7 +252,7 @@ def pack_buy(request: HttpRequest, pack_id: str) -> HttpResponse:
     try:
         url = pack_checkout_start(
             pack_id=failed, name=data["name"], email=data["email"],
-            staff_member_id=int(data["staff_member"]) if data["staff_member"].isdigit() else None,
+            staff_member_id=_id(data["staff_member"]),
         )
     except NotOnSale as exc:
         return _list_page(request, status=404, form=form, error=str(exc))
@@ -298,7 +303,8 @@ def _bought(request: HttpRequest) -> tuple[Purchase | None, Subscription | None]
     """What the success page is about: an online purchase (a one-off pack, or an invoice plan's
     first cycle), or a recurring plan (its Stripe Checkout, or an invoice plan's free trial)."""
     session_id = request.GET.get("session_id", "")
-    if session_id and len(session_id) <= 255:
+    # PostgreSQL text cannot hold NUL: such an id matches nothing, and querying it would raise.
+    if session_id and len(session_id) <= 255 and "\x00" not in session_id:
         purchase = (
             Purchase.objects.select_related("client", "subscription")
             .filter(stripe_checkout_session_id=session_id, channel=PurchaseChannel.ONLINE).first()

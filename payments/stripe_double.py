@@ -100,7 +100,8 @@ def save(obj: dict, idempotency_key: str | None = None) -> dict:
 
 
 def load(object_id: str, object_type: str | None = None) -> dict:
-    row = LocalStripeObject.objects.filter(object_id=object_id).first()
+    # An id from a URL may hold a NUL, which PostgreSQL text cannot: no such object, not a DataError.
+    row = None if "\x00" in object_id else LocalStripeObject.objects.filter(object_id=object_id).first()
     if row is None or (object_type and row.object_type != object_type):
         raise DoubleError(404, f"No such {object_type or 'object'}: '{object_id}'")
     return row.data

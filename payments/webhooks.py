@@ -14,12 +14,13 @@ import logging
 
 import stripe
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DataError, IntegrityError, transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from config.dramatiq import enqueue_on_commit
+from core.audit_log import audit
 from payments.models import StripeEvent
 from payments.tasks import process_stripe_event
 
@@ -44,9 +45,11 @@ def _declared_length(request: HttpRequest) -> int:
 @require_POST
 def stripe_webhook(request: HttpRequest) -> JsonResponse:
     if _declared_length(request) > MAX_BODY_BYTES:
+        audit("stripe.webhook", level=logging.WARNING, outcome="refused", reason="too large")
         return _refuse(413, "Payload too large.")
     body = request.body
     if len(body) > MAX_BODY_BYTES:
+        audit("stripe.webhook", level=logging.WARNING, outcome="refused", reason="too large")
         return _refuse(413, "Payload too large.")
     try:
         # Checks the HMAC over the raw body and the timestamp's age (the SDK's own check), then
@@ -61,20 +64,34 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
             raise ValueError("the body is not a JSON object")
     except stripe.SignatureVerificationError as exc:
         logger.warning("Stripe webhook refused: %s", exc)
+        audit("stripe.webhook", level=logging.WARNING, outcome="refused", reason="signature")
         return _refuse(400, "Invalid signature.")
-    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:  # signed, but not a JSON event
+    # signed, but not a JSON event (RecursionError: nested thousands of levels deep)
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError, RecursionError) as exc:
         logger.warning("Stripe webhook refused: unreadable payload (%s)", exc)
+        audit("stripe.webhook", level=logging.WARNING, outcome="refused", reason="payload")
         return _refuse(400, "Invalid payload.")
     event_id, event_type = payload.get("id"), payload.get("type")
     if not (isinstance(event_id, str) and event_id and isinstance(event_type, str) and event_type):
+        audit("stripe.webhook", level=logging.WARNING, outcome="refused", reason="no id or type")
         return _refuse(400, "Invalid payload: an event needs an id and a type.")
     if len(event_id) > 255 or len(event_type) > 100:
+        audit("stripe.webhook", level=logging.WARNING, outcome="refused", reason="id or type too long")
         return _refuse(400, "Invalid payload: id or type too long.")
 
     # The job is sent after the INSERT commits; if Redis is down, enqueue_on_commit logs it and
     # the event stays pending for the sweep. If the INSERT fails, the error stands (a 500) and
     # Stripe delivers the event again.
-    created = _store(payload, event_id, event_type)
+    try:
+        created = _store(payload, event_id, event_type)
+    except DataError as exc:
+        # Valid JSON to Python, not to PostgreSQL (a NUL in a string, NaN, a number that overflows
+        # to infinity): it will never be storable, so a retry cannot help. Outages stay a 500.
+        logger.warning("Stripe webhook refused: payload PostgreSQL cannot store (%s)", exc)
+        audit("stripe.webhook", level=logging.WARNING, outcome="refused", reason="not storable")
+        return _refuse(400, "Invalid payload.")
+    audit("stripe.webhook", event_id=event_id, type=event_type, livemode=bool(payload.get("livemode")),
+          outcome="stored" if created else "duplicate")
     return JsonResponse({"received": True, "duplicate": not created})
 
 
