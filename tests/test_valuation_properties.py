@@ -10,7 +10,7 @@ an independent Python reading of the valuation rules (docs/reports.md) over the 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -225,7 +225,7 @@ class ValuationMachine(RuleBasedStateMachine):
                                   if held else anywhere)
         session_type = self.world["types"][type_]
         pack = None if sell is None else self.world["packs"][sell]
-        if pack is not None and session_type.pk not in {l.session_type_id for l in pack.credit_lines.all()}:
+        if pack is not None and session_type.pk not in {line.session_type_id for line in pack.credit_lines.all()}:
             pack = None
         session = self.session_for(session_type, days)
         try:
