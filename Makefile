@@ -1,7 +1,8 @@
 # Packdesk developer tasks. Everything runs from the project virtualenv in .venv.
 #   make demo    SQLite demo with sample data on http://127.0.0.1:8000
 #   make test    pytest on PostgreSQL + Redis (throwaway servers unless DATABASE_URL/REDIS_URL set)
-#   make bench   benchmarks, same services as test
+#   make bench   benchmarks at 100,000 clients and 5,000,000 ledger entries, same services as
+#                test (about 40 minutes; BENCH_ARGS=--quick for a smoke run of every step)
 #   make check   Django system checks + no missing migrations
 
 PYTHON3 ?= python3
@@ -10,6 +11,7 @@ PY      := $(VENV)/bin/python
 # Reinstall whenever pyproject.toml (deps, pins) changes.
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+BENCH_ARGS  ?= --population 100000:5000000
 
 # The demo is SQLite + in-process worker by design: drop any service URLs from the
 # caller's shell so it can never migrate or seed a real database.
@@ -38,7 +40,7 @@ test: $(STAMP)
 	$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(WITH_SERVICES) $(PY) -m bench
+	$(WITH_SERVICES) $(PY) -m bench $(BENCH_ARGS)
 
 check: $(STAMP)
 	$(PY) manage.py check

@@ -1,6 +1,7 @@
-"""python -m bench [--quick] [--only redeem,changelist,expiry,webhooks,export] [sizes...]
+"""python -m bench [--quick] [--population CLIENTS:ENTRIES] [--only redeem,changelist,...] [sizes...]
 
 Needs DATABASE_URL naming a PostgreSQL database the bench may empty (TRUNCATE) at will.
+--population 100000:5000000 runs every measurement on one business of that size (bench/population.py).
 """
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ def parse_args(argv):
         "--allow-wipe", action="store_true",
         help="truncate the app tables even if they hold data the bench did not make",
     )
+    parser.add_argument(
+        "--population", default="", metavar="CLIENTS:ENTRIES",
+        help="seed one business of CLIENTS clients and ENTRIES ledger entries first, and run "
+             "every measurement on it (e.g. 100000:5000000; the export then reads the most "
+             "recent days holding --export-entries of its entries)",
+    )
     parser.add_argument("--keep", action="store_true",
                         help="leave the last measurement's data in place (to inspect it)")
     helps = {
@@ -71,6 +78,13 @@ def parse_args(argv):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else default)
     args.only = [m.strip() for m in args.only.split(",") if m.strip()]
+    if args.population:
+        from bench.population import parse
+
+        try:
+            args.population = parse(args.population)
+        except ValueError as error:
+            parser.error(str(error))
     unknown = set(args.only) - set(MEASUREMENTS)
     if unknown:
         parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
@@ -104,39 +118,59 @@ def main(argv=None) -> int:
     log(f"{os.cpu_count()} cores, load average {load:.2f}"
         + (": other work is running, expect noisy figures" if load > 0.5 else ""))
 
-    if "redeem" in args.only:
-        from bench import redeem
+    population = args.population
+    if population:
+        from bench.population import describe, seed_population
 
         reset_database()
-        for result in redeem.run(
-            clients=args.clients, workers=args.workers, redemptions=args.redemptions,
-            warmup=args.warmup, actor=bench_user(), seed=args.seed,
-        ):
-            emit(result)
-    if "changelist" in args.only:
-        from bench import changelist
+        seed_population(*population, actor=bench_user())
 
-        reset_database()
-        for result in changelist.run(clients=args.changelist_clients, requests=args.requests,
-                                     actor=bench_user()):
-            emit(result)
-    if "expiry" in args.only:
-        from bench import expiry
+    def start(name: str) -> None:
+        # Alone, a measurement gets a database of its own; on the population, what is there.
+        if population:
+            log(f"{name}: on {describe()}")
+        else:
+            reset_database()
 
-        for result in expiry.run(grants=args.expiry_grants, total=args.expiry_total, actor=bench_user()):
-            emit(result)
-    if "webhooks" in args.only:
-        from bench import webhooks
+    # On the population the read-only pages and the export go first, on the business as seeded.
+    order = ("changelist", "export", "redeem", "webhooks", "expiry") if population else (
+        "redeem", "changelist", "expiry", "webhooks", "export")
+    for name in (m for m in order if m in args.only):
+        if name == "redeem":
+            from bench import redeem
 
-        reset_database()
-        for result in webhooks.run(events=args.webhook_events, clients=args.webhook_clients,
-                                   actor=bench_user()):
-            emit(result)
-    if "export" in args.only:
-        from bench import export
+            start(name)
+            results = redeem.run(
+                clients=args.clients, workers=args.workers, redemptions=args.redemptions,
+                warmup=args.warmup, actor=bench_user(), seed=args.seed,
+            )
+        elif name == "changelist":
+            from bench import changelist
 
-        for result in export.run(entries=args.export_entries, repeats=args.export_repeats,
-                                 actor=bench_user()):
+            start(name)
+            results = changelist.run(clients=args.changelist_clients, requests=args.requests,
+                                     actor=bench_user(), seed=not population)
+        elif name == "expiry":
+            from bench import expiry
+
+            if population:
+                start(name)
+            results = expiry.run(grants=args.expiry_grants, total=args.expiry_total,
+                                 actor=bench_user(), fresh=not population)
+        elif name == "webhooks":
+            from bench import webhooks
+
+            start(name)
+            results = webhooks.run(events=args.webhook_events, clients=args.webhook_clients,
+                                   actor=bench_user())
+        else:
+            from bench import export
+
+            if population:
+                start(name)
+            results = export.run(entries=args.export_entries, repeats=args.export_repeats,
+                                 actor=bench_user(), seed=not population)
+        for result in results:
             emit(result)
     faults_failed = 0
     if "faults" in args.only:

@@ -29,6 +29,7 @@ SELECT c.id, %(session_type)s::bigint, 1 + (c.id + k) %% 10, %(issued)s::timesta
             ELSE %(future)s::timestamptz END,
        k
 FROM core_client c CROSS JOIN generate_series(0, %(per_client)s - 1) AS k
+WHERE c.id BETWEEN %(first)s AND %(last)s
 """
 # The same statements as ledger.services' sweep, over every due grant at once.
 _EXPIRED_ENTRY_EXPRS = {
@@ -73,23 +74,34 @@ def _baseline_statements(now) -> list[tuple[str, dict]]:
     ]
 
 
-def _seed(grants: int, total: int, actor) -> None:
+def _seed(grants: int, total: int, actor, *, fresh: bool) -> None:
     """`grants` due among `total` grants: each client holds DUE_PER_CLIENT due ones and the
-    rest still valid, so the sweep must find the due rows among many that are not."""
+    rest still valid, so the sweep must find the due rows among many that are not.
+    Fresh: on new clients. Otherwise on the clients there (the population), in a session type of
+    its own, counting the grants there towards `total`."""
     from django.utils import timezone
 
     from catalog.models import Category, SessionType
+    from core.models import Client
+    from ledger.models import CreditGrant
 
     now = timezone.now()
     clients = max(1, grants // DUE_PER_CLIENT)
-    per_client = max(DUE_PER_CLIENT + 1, total // clients)
-    seed_clients(clients, actor_id=actor.pk, now=now - timedelta(days=200))
-    category = Category.objects.create(name="Classes")
-    reformer = SessionType.objects.create(name="Reformer class", category=category)
+    if fresh:
+        per_client = max(DUE_PER_CLIENT + 1, total // clients)
+        ids = seed_clients(clients, actor_id=actor.pk, now=now - timedelta(days=200))
+    else:
+        per_client = max(DUE_PER_CLIENT + 1, (total - CreditGrant.objects.count()) // clients)
+        ids = list(Client.objects.order_by("pk").values_list("pk", flat=True)[:clients])
+        if len(ids) < clients or ids[-1] - ids[0] != clients - 1:
+            raise SystemExit(f"bench: expiry needs {clients} clients with consecutive ids")
+    # Names of its own: with --population, other measurements' catalogues are still there.
+    category = Category.objects.create(name="Expiry bench classes")
+    reformer = SessionType.objects.create(name="Expiring class", category=category)
     seed_adjusted_credits(
         _PLAN_SQL,
         {"session_type": reformer.pk, "issued": now - timedelta(days=100), "due": DUE_PER_CLIENT,
-         "per_client": per_client,
+         "per_client": per_client, "first": ids[0], "last": ids[-1],
          "past": now - timedelta(days=1), "future": now + timedelta(days=30)},
         actor_id=actor.pk, note="Bench: credits about to expire",
     )
@@ -102,18 +114,28 @@ def _due_count(now) -> int:
     return CreditGrant.objects.filter(state=GrantState.ACTIVE, expires_at__lte=now).count()
 
 
-def run(*, grants: int, total: int, actor) -> list[Result]:
+def run(*, grants: int, total: int, actor, fresh: bool = True) -> list[Result]:
+    """fresh: each sweep on a database of its own (TRUNCATE, seed). Otherwise (--population)
+    the due grants are seeded once on top of what is there; the baseline runs first in a
+    transaction that is rolled back (then VACUUM clears what it left), then the service."""
     from django.conf import settings
     from django.utils import timezone
 
+    from ledger.models import CreditGrant
     from ledger.services import credits_expire_due
 
     timings = {}
-    for kind in ("service", "sql"):
-        reset_database()
-        log(f"expiry: seeding {grants} due among {total} grants (set-based) for the {kind} sweep")
-        _seed(grants, total, actor)
-        assert_ledger_ok(f"expiry seed ({kind})")
+    for kind in ("sql", "service"):
+        if fresh or kind == "sql":
+            if fresh:
+                reset_database()
+            log(f"expiry: seeding {grants} due among {total} grants (set-based)"
+                + (f" for the {kind} sweep" if fresh else ""))
+            started = time.monotonic()
+            _seed(grants, total, actor, fresh=fresh)
+            log(f"expiry: seeded in {time.monotonic() - started:.0f}s; "
+                f"{CreditGrant.objects.count()} grants in all")
+            assert_ledger_ok("expiry seed")
         now = timezone.now()
         due = _due_count(now)
         started = time.perf_counter()
@@ -125,11 +147,16 @@ def run(*, grants: int, total: int, actor) -> list[Result]:
                 for sql, params in statements:
                     cur.execute(sql, params)
                 expired = cur.rowcount
+                if not fresh:
+                    conn.rollback()
         timings[kind] = time.perf_counter() - started
-        if expired != due or _due_count(now):
-            raise SystemExit(f"bench: {kind} sweep expired {expired} of {due} due grants")
-        assert_ledger_ok(f"expiry ({kind})")
+        left = _due_count(now)
+        if expired != due or left != (due if kind == "sql" and not fresh else 0):
+            raise SystemExit(f"bench: {kind} sweep expired {expired} of {due} due grants, "
+                             f"{left} still due")
+        if kind == "sql" and not fresh:
+            analyze()  # VACUUM: the service must not pay for the baseline's dead rows
+        else:
+            assert_ledger_ok(f"expiry ({kind})")
     log(f"expiry: service batch size {settings.LEDGER_EXPIRY_BATCH_SIZE}")
-    from ledger.models import CreditGrant
-
     return [Result(f"expire_due_{due}_of_{CreditGrant.objects.count()}", timings["service"], "s", timings["sql"])]

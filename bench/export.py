@@ -128,7 +128,39 @@ def _reset_peak() -> None:
         pass  # then the peak also covers Django's setup, for both exports alike
 
 
-def _export(kind: str, out_path: str, traced: bool) -> dict:
+def _filters(days: str):
+    """'' (every entry) or 'YYYY-MM-DD:YYYY-MM-DD' (a range of local days)."""
+    from datetime import date
+
+    from reports.filters import ReportFilters
+
+    if not days:
+        return ReportFilters()
+    start, end = days.split(":")
+    return ReportFilters(start=date.fromisoformat(start), end=date.fromisoformat(end))
+
+
+def _days_holding(entries: int) -> str:
+    """The most recent run of whole local days whose entries number at least `entries` (all of
+    them if there are fewer): the range finance exports, e.g. the last few months."""
+    from django.conf import settings
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT (created_at AT TIME ZONE %s)::date AS day, COUNT(*) FROM ledger_ledgerentry "
+            "GROUP BY day ORDER BY day DESC", [settings.TIME_ZONE],
+        )
+        days = cursor.fetchall()
+    total, first = 0, days[0][0]
+    for day, count in days:
+        total, first = total + count, day
+        if total >= entries:
+            break
+    return f"{first.isoformat()}:{days[0][0].isoformat()}"
+
+
+def _export(kind: str, out_path: str, traced: bool, days: str = "") -> dict:
     """Runs in the child: set up, connect, then time one export of every entry to `out_path`."""
     from bench.common import raw_connection, setup_django
 
@@ -137,10 +169,9 @@ def _export(kind: str, out_path: str, traced: bool) -> dict:
 
     from django.db import connection, transaction
 
-    from reports.filters import ReportFilters
     from reports.ledger_export import ledger_rows, write_ledger_csv
 
-    filters = ReportFilters()
+    filters = _filters(days)
     if kind == "copy":
         sql, params = ledger_rows(filters).query.sql_with_params()
         conn = raw_connection()
@@ -171,9 +202,10 @@ def _export(kind: str, out_path: str, traced: bool) -> dict:
             "peak_rss_mb": peak, "rss_growth_mb": peak - before, "traced_peak_mb": traced_peak}
 
 
-def _run_child(kind: str, out_path: Path, *, traced: bool = False) -> dict:
+def _run_child(kind: str, out_path: Path, *, days: str, traced: bool = False) -> dict:
     completed = subprocess.run(
-        [sys.executable, "-m", "bench.export", kind, str(out_path), "traced" if traced else "timed"],
+        [sys.executable, "-m", "bench.export", kind, str(out_path), "traced" if traced else "timed",
+         days],
         cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, check=False,
     )
     if completed.returncode != 0:
@@ -195,20 +227,30 @@ def _compare(writer_file: Path, copy_file: Path) -> tuple[int, str]:
     return differing, first
 
 
-def run(*, entries: int, repeats: int, actor) -> list[Result]:
-    reset_database()
-    log(f"export: seeding {entries} ledger entries (set-based)")
-    started = time.monotonic()
-    total = _seed(entries, actor)
-    log(f"export: seeded {total} entries in {time.monotonic() - started:.0f}s")
-    assert_ledger_ok("export seed")
+def run(*, entries: int, repeats: int, actor, seed: bool = True) -> list[Result]:
+    """seed: export every entry of a ledger of `entries` seeded here. Otherwise (--population)
+    export the most recent whole days of the ledger that is there holding `entries` or more."""
+    if seed:
+        reset_database()
+        log(f"export: seeding {entries} ledger entries (set-based)")
+        started = time.monotonic()
+        total = _seed(entries, actor)
+        log(f"export: seeded {total} entries in {time.monotonic() - started:.0f}s")
+        assert_ledger_ok("export seed")
+        days = ""
+    else:
+        from reports.ledger_export import ledger_entries
+
+        days = _days_holding(entries)
+        total = ledger_entries(_filters(days)).count()
+        log(f"export: the days {days.replace(':', ' to ')}: {total} entries")
     workdir = Path(tempfile.mkdtemp(prefix="packdesk-bench-export-"))
     try:
         files = {kind: workdir / f"{kind}.csv" for kind in ("writer", "writer_atomic", "copy")}
         runs = {kind: [] for kind in files}
         for attempt in range(1, repeats + 1):
             for kind, path in files.items():
-                runs[kind].append(_run_child(kind, path))
+                runs[kind].append(_run_child(kind, path, days=days))
             log(f"export: run {attempt}/{repeats}: "
                 + ", ".join(f"{kind} {runs[kind][-1]['seconds']:.2f}s" for kind in files))
         for kind, found in runs.items():
@@ -221,7 +263,8 @@ def run(*, entries: int, repeats: int, actor) -> list[Result]:
         log(f"export: writer and COPY files: {files['writer'].stat().st_size / 2**20:.1f} MB and "
             f"{files['copy'].stat().st_size / 2**20:.1f} MB, "
             + ("the same rows" if not differing else f"{differing} lines differ, first {first}"))
-        traced = {kind: _run_child(kind, files[kind], traced=True) for kind in ("writer", "copy")}
+        traced = {kind: _run_child(kind, files[kind], days=days, traced=True)
+                  for kind in ("writer", "copy")}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -230,6 +273,10 @@ def run(*, entries: int, repeats: int, actor) -> list[Result]:
 
     writer_s, copy_s = median("writer", "seconds"), median("copy", "seconds")
     name = f"export_csv_{total}"
+    if days:
+        from ledger.models import LedgerEntry
+
+        name += f"_of_{LedgerEntry.objects.count()}"
     return [
         Result(f"{name}_seconds", writer_s, "s", copy_s),
         Result(f"{name}_in_transaction_seconds", median("writer_atomic", "seconds"), "s", copy_s),
@@ -243,5 +290,7 @@ def run(*, entries: int, repeats: int, actor) -> list[Result]:
 
 if __name__ == "__main__":
     # Child mode: python -m bench.export <writer|writer_atomic|copy> <out path> <timed|traced>
+    # [<first day>:<last day>]
     kind, out_path, mode = sys.argv[1:4]
-    print(json.dumps(_export(kind, out_path, traced=mode == "traced")), flush=True)
+    days = sys.argv[4] if len(sys.argv) > 4 else ""
+    print(json.dumps(_export(kind, out_path, traced=mode == "traced", days=days)), flush=True)

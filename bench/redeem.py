@@ -222,7 +222,9 @@ def run(
     from bench.seed import seed_catalog, seed_clients, sell_pack_to_all
 
     per_worker = redemptions // workers
-    client_ids = list(range(1, clients + 1))  # TRUNCATE ... RESTART IDENTITY: ids are 1..n
+    # Picks are made before the seed, as indexes into the seeded clients (mapped onto their
+    # ids below): the pack's size depends on how often one client is picked.
+    client_ids = list(range(clients))
     plans = {
         kind: _plans(client_ids, workers=workers, per_worker=per_worker, warmup=warmup,
                      seed=seed + n)
@@ -236,9 +238,10 @@ def run(
     log(f"redeem: seeding {clients} clients, each buying a pack of {credits} credits "
         "through the services")
     started = time.monotonic()
-    seed_clients(clients, actor_id=actor.pk, now=timezone.now())
+    seeded = seed_clients(clients, actor_id=actor.pk, now=timezone.now())
+    plans = {kind: [[seeded[i] for i in plan] for plan in phase] for kind, phase in plans.items()}
     session_type, _, pack = seed_catalog(actor, credits=credits)
-    sell_pack_to_all(pack, actor)
+    sell_pack_to_all(pack, actor, seeded)
     analyze()
     log(f"redeem: seeded in {time.monotonic() - started:.0f}s")
     assert_ledger_ok("redeem seed")

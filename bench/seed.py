@@ -44,7 +44,9 @@ _CLIENT_EXPRS = {
 }
 
 
-def seed_clients(n: int, *, actor_id: int, now: datetime) -> None:
+def seed_clients(n: int, *, actor_id: int, now: datetime) -> list[int]:
+    """n clients after any already there (numbered on from the highest id, so names and emails
+    stay unique when a measurement seeds on top of the --population); returns their ids."""
     from core.models import Client
 
     history = Client.history.model
@@ -56,14 +58,20 @@ def seed_clients(n: int, *, actor_id: int, now: datetime) -> None:
         "history_user_id": "%(actor)s",
     }
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT COALESCE(MAX(id), 0) FROM core_client")
+        (before,) = cursor.fetchone()
         cursor.execute(*insert_select(
-            Client, _CLIENT_EXPRS, "FROM generate_series(1, %(n)s) AS i ORDER BY i",
+            Client, _CLIENT_EXPRS,
+            "FROM generate_series(%(before)s + 1, %(before)s + %(n)s) AS i ORDER BY i",
             {"first": FIRST_NAMES, "nfirst": len(FIRST_NAMES), "last": LAST_NAMES,
-             "nlast": len(LAST_NAMES), "now": now, "n": n},
+             "nlast": len(LAST_NAMES), "now": now, "n": n, "before": before},
         ))
         cursor.execute(*insert_select(
-            history, history_exprs, "FROM core_client ORDER BY id", {"actor": actor_id}
+            history, history_exprs, "FROM core_client WHERE id > %(before)s ORDER BY id",
+            {"actor": actor_id, "before": before},
         ))
+        cursor.execute("SELECT id FROM core_client WHERE id > %s ORDER BY id", [before])
+        return [row[0] for row in cursor.fetchall()]
 
 
 def seed_catalog(actor, *, credits: int):
@@ -86,13 +94,13 @@ def seed_catalog(actor, *, credits: int):
     return reformer, physio, pack
 
 
-def sell_pack_to_all(pack, actor, *, chunk: int = 500) -> int:
-    """One paid purchase per client, through the real services (chunked transactions only so
-    the seed does not wait for a WAL flush per purchase)."""
+def sell_pack_to_all(pack, actor, client_ids: list[int], *, chunk: int = 500) -> int:
+    """One paid purchase per client of `client_ids`, through the real services (chunked
+    transactions only so the seed does not wait for a WAL flush per purchase)."""
     from core.models import Client
     from payments.services import purchase_create, purchase_mark_paid
 
-    ids = list(Client.objects.order_by("pk").values_list("pk", flat=True))
+    ids = sorted(client_ids)
     for start in range(0, len(ids), chunk):
         with transaction.atomic():
             for client in Client.objects.filter(pk__in=ids[start:start + chunk]).order_by("pk"):
@@ -128,23 +136,22 @@ _BALANCE_EXPRS = {
 
 def seed_adjusted_credits(plan_sql: str, params: dict, *, actor_id: int, note: str) -> None:
     """Grants from `plan_sql` rows (client_id, session_type_id, quantity, created_at,
-    expires_at, ord) on an empty ledger, shaped as positive adjustments."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT EXISTS (SELECT 1 FROM ledger_creditgrant)")
-        if cursor.fetchone()[0]:
-            raise RuntimeError("seed_adjusted_credits needs an empty ledger")
+    expires_at, ord), shaped as positive adjustments, for (client, session type) pairs that
+    hold no credits yet (a pair that does already has its balance row: the insert fails)."""
     from ledger.models import ClientBalance, CreditGrant, LedgerEntry
 
     plan = (f"FROM ({plan_sql}) AS plan (client_id, session_type_id, quantity, created_at, "
             "expires_at, ord) ORDER BY client_id, session_type_id, ord")
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT COALESCE(MAX(id), 0) FROM ledger_creditgrant")
+        (before,) = cursor.fetchone()
         cursor.execute(*insert_select(CreditGrant, _GRANT_EXPRS, plan, params))
         cursor.execute(*insert_select(
-            LedgerEntry, _ENTRY_EXPRS, "FROM ledger_creditgrant ORDER BY id",
-            {"actor": actor_id, "note": note},
+            LedgerEntry, _ENTRY_EXPRS, "FROM ledger_creditgrant WHERE id > %(before)s ORDER BY id",
+            {"actor": actor_id, "note": note, "before": before},
         ))
         cursor.execute(*insert_select(
             ClientBalance, _BALANCE_EXPRS,
-            "FROM ledger_creditgrant GROUP BY client_id, session_type_id "
-            "ORDER BY client_id, session_type_id", {},
+            "FROM ledger_creditgrant WHERE id > %(before)s GROUP BY client_id, session_type_id "
+            "ORDER BY client_id, session_type_id", {"before": before},
         ))

@@ -45,12 +45,13 @@ def _seed(events: int, actor) -> list:
     from payments import stripe_double
     from payments.checkout import checkout_start
 
-    category = Category.objects.create(name="Classes")
+    # Names of its own: with --population, other measurements' catalogues are still there.
+    category = Category.objects.create(name="Online classes")
     reformer = SessionType.objects.create(
-        name="Reformer class", category=category, duration_minutes=50
+        name="Online reformer class", category=category, duration_minutes=50
     )
     pack = pack_create(
-        actor=actor, lines=[LineData(reformer, credits=10)], name="10 reformer classes",
+        actor=actor, lines=[LineData(reformer, credits=10)], name="10 online reformer classes",
         category=category, price=Decimal("180.00"), currency="GBP", published=True,
         sell_online=True, validity_amount=3, validity_unit="months", valid_from="payment",
     )
@@ -197,7 +198,7 @@ def _per_purchase(queryset) -> Counter:
     return Counter(rows.values_list("n", flat=True))
 
 
-def _process_and_check(expected: int) -> None:
+def _process_and_check(expected: int, purchases_before: int) -> None:
     from ledger.models import EntryKind, LedgerEntry
     from payments.events import stripe_events_process_pending
     from payments.models import Payment, Purchase, PurchaseStatus
@@ -216,9 +217,11 @@ def _process_and_check(expected: int) -> None:
     if result.processed != expected or result.failed:
         first = (result.failed or ["-"])[0]
         raise SystemExit(f"bench: sweep gave {result}; first failure: {first}")
-    paid = Purchase.objects.filter(status=PurchaseStatus.PAID).count()
-    payments = _per_purchase(Payment.objects.all())
-    issued = _per_purchase(LedgerEntry.objects.filter(kind=EntryKind.ISSUED))
+    # Only this measurement's purchases: with --population, others are in the database too.
+    ours = {"purchase_id__gt": purchases_before}
+    paid = Purchase.objects.filter(status=PurchaseStatus.PAID, pk__gt=purchases_before).count()
+    payments = _per_purchase(Payment.objects.filter(**ours))
+    issued = _per_purchase(LedgerEntry.objects.filter(kind=EntryKind.ISSUED, **ours))
     if paid != expected or payments != {1: expected} or issued != {1: expected}:
         raise SystemExit(
             f"bench: {paid} of {expected} purchases paid; payments per purchase {dict(payments)}, "
@@ -245,6 +248,11 @@ def run(*, events: int, clients: int, actor) -> list[Result]:
     warmups = clients * WARMUP_PER_CLIENT
     log(f"webhooks: buying {events + warmups} packs online "
         "(checkout + payment in the Stripe double)")
+    from django.db.models import Max
+
+    from payments.models import Purchase
+
+    purchases_before = Purchase.objects.aggregate(n=Max("pk"))["n"] or 0
     started = time.perf_counter()
     bodies = _seed(events + warmups, actor)
     log(f"webhooks: seeded in {time.perf_counter() - started:.0f}s")
@@ -264,7 +272,7 @@ def run(*, events: int, clients: int, actor) -> list[Result]:
     _check_stored(len(bodies), queued_before, broker)
     if on_redis:
         broker.flush_all()  # the jobs no worker ran; the sweep below does their work
-    _process_and_check(len(bodies))
+    _process_and_check(len(bodies), purchases_before)
     return [Result("webhook_ingest", rate, "events/s", baseline)]
 
 
