@@ -102,6 +102,13 @@ class CreditGrant(models.Model):
                 fields=["expires_at"], name="grant_active_expiry",
                 condition=Q(state="active"),
             ),
+            # Memberships only, so tiny. The client list's "has a membership" EXISTS otherwise
+            # made PostgreSQL hash every grant once per page: 84 ms at 1,000,000 grants, 0.7 ms
+            # with it (`make bench`, docs/performance.md).
+            models.Index(
+                fields=["client"], name="grant_live_unlimited",
+                condition=Q(state="active", unlimited=True),
+            ),
         ]
 
     def __str__(self) -> str:
