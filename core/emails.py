@@ -198,7 +198,8 @@ def _deliver(log_id: int, to: str, template: str, context: dict[str, Any]) -> No
             message.extra_headers["List-Unsubscribe"] = f"<{context['optout_url']}>"
         message.send()
     except Exception as exc:  # noqa: BLE001 - any backend or template error is recorded, not raised
-        logger.exception("email %s (%s to %s) failed", log_id, template, to)
+        # Not the address: logs are kept and shipped more widely than the EmailLog row that holds it.
+        logger.exception("email %s (%s) failed", log_id, template)
         EmailLog.objects.filter(pk=log_id).update(
             status=EmailStatus.FAILED, subject=subject, error=f"{type(exc).__name__}: {exc}"[:2000],
         )

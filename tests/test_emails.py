@@ -274,7 +274,7 @@ def test_a_token_for_another_purpose_does_not_opt_out(client, client_a):
 
 @pytest.mark.django_db
 def test_a_failing_mail_server_is_recorded_and_never_raised(
-    client_a, settings, django_capture_on_commit_callbacks
+    client_a, settings, django_capture_on_commit_callbacks, caplog
 ):
     settings.EMAIL_BACKEND = "tests.test_emails.FailingBackend"
     with django_capture_on_commit_callbacks(execute=True):
@@ -283,6 +283,10 @@ def test_a_failing_mail_server_is_recorded_and_never_raised(
     assert log.status == EmailStatus.FAILED and log.sent_at is None
     assert "ConnectionRefusedError: mail server down" in log.error
     assert log.subject  # what would have gone, for whoever looks
+    # The log line names the EmailLog row, never the client's address.
+    failures = [r for r in caplog.records if r.name == "core.emails" and "failed" in r.getMessage()]
+    assert [r.getMessage() for r in failures] == [f"email {log.pk} (booking_reminder) failed"]
+    assert client_a.email not in caplog.text
 
 
 @pytest.mark.django_db
