@@ -6,7 +6,6 @@ settles, and their refusals are shown as messages. Registered from payments.admi
 """
 from __future__ import annotations
 
-import csv
 from datetime import timedelta
 from urllib.parse import urlencode
 
@@ -29,7 +28,7 @@ from unfold.widgets import UnfoldAdminSingleDateWidget, UnfoldAdminTextareaWidge
 from core.admin import ReadOnlyAdminMixin, error_text, local_start
 from core.admin_base import next_url
 from ledger.exceptions import LedgerError
-from reports.csv_safe import safe_row
+from reports.csv_safe import csv_lines
 from payments.exceptions import PaymentError
 from payments.models import (
     MismatchKind,
@@ -234,21 +233,13 @@ class ReconciliationRunAdmin(ModelAdmin):
         first = timezone.localtime(run.period_start).date()
         last = (timezone.localtime(run.period_end) - timedelta(microseconds=1)).date()
         generated = timezone.localtime().strftime("%Y%m%dT%H%M%S")
-        writer = csv.writer(_Echo())
         response = StreamingHttpResponse(
-            (writer.writerow(safe_row(row)) for row in reconciliation_csv_rows(run)), content_type="text/csv; charset=utf-8",
+            csv_lines(reconciliation_csv_rows(run)), content_type="text/csv; charset=utf-8",
         )
         response["Content-Disposition"] = (
             f'attachment; filename="reconciliation_{first:%Y-%m-%d}_{last:%Y-%m-%d}_run{run.pk}_{generated}.csv"'
         )
         return response
-
-
-class _Echo:
-    """csv.writer writes to a file; this one hands each row back, for streaming (Django's docs)."""
-
-    def write(self, value):
-        return value
 
 
 def _dates_query(run: ReconciliationRun) -> str:
