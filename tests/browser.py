@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from django.db import connections
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM_ARGS = [
@@ -42,6 +43,10 @@ def browser():
             instance = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
             yield instance
             instance.close()
+            # While Playwright's loop runs, the test's ORM calls get a connection of their own
+            # (Django keeps connections per async context): close it here, in that context, or
+            # it stays open and blocks dropping the test database at the end of the run.
+            connections.close_all()
     finally:
         if previous is None:
             os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
