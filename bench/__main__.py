@@ -92,8 +92,8 @@ def parse_args(argv):
         parser.error("need at least one worker and one redemption per worker")
     if args.webhook_clients < 1 or args.webhook_events < 1:
         parser.error("need at least one webhook client and one event")
-    if args.export_entries < 1 or args.export_repeats < 1:
-        parser.error("need at least one ledger entry and one run to export")
+    if args.export_entries < 20 or args.export_repeats < 1:
+        parser.error("need at least 20 ledger entries (one client's grants and uses) and one run to export")
     return args
 
 

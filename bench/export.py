@@ -12,9 +12,8 @@ pair of runs under tracemalloc gives the peak of Python allocations (timed runs 
 tracemalloc slows them). The writer is also timed inside transaction.atomic(): outside one,
 Django declares its cursor WITH HOLD and PostgreSQL materialises the whole result first.
 
-The seed is set-based: clients, then per client GRANTS_PER_CLIENT grants of two session types,
-each with an Adjusted entry and USES_PER_GRANT Used entries (balance_after as a window sum), and
-the cached balances; ledger_check proves those rows consistent before anything is measured.
+Alone, the seed is the --population business (bench/population.py) sized to the entries asked
+for, and every entry is exported; on the population, a range of its most recent days.
 """
 from __future__ import annotations
 
@@ -26,80 +25,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
-from bench.common import Result, analyze, assert_ledger_ok, insert_select, log, reset_database
+from bench.common import Result, log, reset_database
 
-GRANTS_PER_CLIENT = 5
-USES_PER_GRANT = 3
-ENTRIES_PER_CLIENT = GRANTS_PER_CLIENT * (1 + USES_PER_GRANT)
 CHUNK_SIZE = 5000
 ROOT = Path(__file__).resolve().parent.parent
-
-_GRANT_FROM = ("FROM core_client c CROSS JOIN generate_series(0, %(per_client)s - 1) AS k "
-               "ORDER BY c.id, k")
-_GRANT_EXPRS = {
-    "client_id": "c.id",
-    "session_type_id": "CASE WHEN k %% 2 = 0 THEN %(first_type)s::bigint ELSE %(second_type)s::bigint END",
-    "purchase_id": "NULL", "source": "'adjustment'", "unlimited": "false",
-    "quantity": "%(credits)s", "remaining": "%(credits)s - %(uses)s", "state": "'active'",
-    "valid_from": "%(start)s::timestamptz + (c.id * %(per_client)s + k) * interval '1 minute'",
-    "expires_at": "%(start)s::timestamptz + interval '800 days'",
-    "valid_from_rule": "'payment'", "validity_amount": "12", "validity_unit": "'months'",
-    "all_staff": "true", "opening_currency": "''",
-    "created_at": "%(start)s::timestamptz + (c.id * %(per_client)s + k) * interval '1 minute'",
-}
-# One Adjusted entry (s = 0) then the uses, in id order within each client's session type.
-_ENTRY_FROM = ("FROM ledger_creditgrant g CROSS JOIN generate_series(0, %(uses)s) AS s "
-               "ORDER BY g.client_id, g.session_type_id, g.id, s")
-_AMOUNT = "CASE WHEN s = 0 THEN g.quantity ELSE -1 END"
-_ENTRY_EXPRS = {
-    "client_id": "g.client_id", "session_type_id": "g.session_type_id", "grant_id": "g.id",
-    "kind": "CASE WHEN s = 0 THEN 'adjusted' ELSE 'used' END", "amount": _AMOUNT,
-    "balance_after": f"SUM({_AMOUNT}) OVER (PARTITION BY g.client_id, g.session_type_id "
-                     "ORDER BY g.id, s ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)",
-    "actor_id": "CASE WHEN s = 0 THEN %(actor)s ELSE NULL END",
-    # A comma and a quote, so both exports have to quote some fields.
-    "note": "CASE WHEN s = 0 THEN 'Bench: credits from the old system, \"migrated\"' "
-            "ELSE 'Bench: session ' || s END",
-    "source": "CASE WHEN s = 0 THEN 'adjustment' ELSE 'booking' END", "purchase_id": "NULL",
-    "reverses_id": "NULL", "booking_id": "NULL", "refund_id": "NULL",
-    "idempotency_key": "'bench:' || g.id || ':' || s",
-    "created_at": "g.created_at + s * interval '3 days'",
-}
-_BALANCE_EXPRS = {
-    "client_id": "client_id", "session_type_id": "session_type_id",
-    "balance": "SUM(remaining)", "updated_at": "MAX(created_at)",
-}
+ENTRIES_PER_CLIENT = 50  # the population's shape: 10 grants, each an Adjusted entry and 4 uses
 
 
 def _seed(entries: int, actor) -> int:
-    from django.db import connection, transaction
-    from django.utils import timezone
+    """The population's ledger (bench/population.py) at `entries` entries; returns the count."""
+    from bench.population import seed_population
 
-    from bench.seed import seed_clients
-    from catalog.models import Category, SessionType
-    from ledger.models import ClientBalance, CreditGrant, LedgerEntry
-
-    clients = max(1, entries // ENTRIES_PER_CLIENT)
-    start = timezone.now() - timedelta(days=700)
-    seed_clients(clients, actor_id=actor.pk, now=start)
-    category = Category.objects.create(name="Classes")
-    first = SessionType.objects.create(name="Reformer class", category=category)
-    second = SessionType.objects.create(name="Physio", category=category)
-    params = {"per_client": GRANTS_PER_CLIENT, "first_type": first.pk, "second_type": second.pk,
-              "credits": 10, "uses": USES_PER_GRANT, "start": start, "actor": actor.pk}
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(*insert_select(CreditGrant, _GRANT_EXPRS, _GRANT_FROM, params))
-        cursor.execute(*insert_select(LedgerEntry, _ENTRY_EXPRS, _ENTRY_FROM, params))
-        cursor.execute(*insert_select(
-            ClientBalance, _BALANCE_EXPRS,
-            "FROM ledger_creditgrant GROUP BY client_id, session_type_id "
-            "ORDER BY client_id, session_type_id", {},
-        ))
-    analyze()
-    return LedgerEntry.objects.count()
+    return seed_population(max(1, entries // ENTRIES_PER_CLIENT), entries, actor)
 
 
 # --- One export, in a child process -------------------------------------------------------
@@ -234,9 +173,8 @@ def run(*, entries: int, repeats: int, actor, seed: bool = True) -> list[Result]
         reset_database()
         log(f"export: seeding {entries} ledger entries (set-based)")
         started = time.monotonic()
-        total = _seed(entries, actor)
+        total = _seed(entries, actor)  # ledger_check included
         log(f"export: seeded {total} entries in {time.monotonic() - started:.0f}s")
-        assert_ledger_ok("export seed")
         days = ""
     else:
         from reports.ledger_export import ledger_entries

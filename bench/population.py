@@ -53,7 +53,8 @@ _ENTRY_EXPRS = {
     "balance_after": f"SUM({_AMOUNT}) OVER (PARTITION BY g.client_id, g.session_type_id "
                      "ORDER BY g.id, s ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)",
     "actor_id": "CASE WHEN s = 0 THEN %(actor)s ELSE NULL END",
-    "note": "CASE WHEN s = 0 THEN 'Bench: pack bought at the desk' "
+    # A comma and quotes, so the export and its COPY baseline both have to quote some fields.
+    "note": "CASE WHEN s = 0 THEN 'Bench: pack bought at the desk, \"10 classes\"' "
             "ELSE 'Bench: session ' || s END",
     "source": "CASE WHEN s = 0 THEN 'adjustment' ELSE 'booking' END", "purchase_id": "NULL",
     "reverses_id": "NULL", "booking_id": "NULL", "refund_id": "NULL",
